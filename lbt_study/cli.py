@@ -1,0 +1,150 @@
+"""``lbt-study``: run a study, summarise its results.
+
+User mistakes end with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lbt_study import __version__
+from lbt_study.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"lbt-study: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lbt-study", description=(
+        "Batch-size scaling studies on Ray: each trial is a data-parallel training run "
+        "(Ray Train), chosen by Optuna through Ray Tune; results are tidy tables."))
+    p.add_argument("--version", action="version", version=f"lbt-study {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a study from a spec file",
+                         description="Run the study a spec file defines. The spec is Python "
+                         "and is executed: run only specs you trust.")
+    run.add_argument("spec", help="a Python file defining `study = Study(...)`")
+    run.add_argument("--trials", type=int, help="number of trials (default: the spec's)")
+    run.add_argument("--run-dir", type=Path,
+                     help="where tables, the Optuna DB and Ray state go "
+                     "(default: runs/<study name>-<time>)")
+    run.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); "
+                     "default: start a local one")
+    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    run.add_argument("--preflight-samples", type=int, default=64,
+                     help="configs drawn from the space and checked before starting (default 64)")
+
+    res = sub.add_parser("results", help="print a summary of a run directory")
+    res.add_argument("run_dir", type=Path)
+    res.add_argument("--top", type=int, default=10, help="best trials to list (default 10)")
+    return p
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{name} must be >= 1, got {value}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lbt_study.preflight import check_study
+    from lbt_study.spec import load_spec
+
+    _positive("--trials", args.trials)
+    _positive("--num-cpus", args.num_cpus)
+    if args.address and args.num_cpus:
+        raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
+    study, module = load_spec(args.spec)
+    checked = check_study(study, samples=args.preflight_samples)
+    workload = checked.workload
+    run_dir = args.run_dir or Path("runs") / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _prepare_run_dir(run_dir)
+    direction = workload.objective_direction
+    total = args.trials or study.trials
+    _write_meta(run_dir, study, args.spec, direction, total, workload.target)
+    print(f"lbt-study: study {study.name!r}, workload {workload.name!r}, {total} trials, "
+          f"objective val_{workload.objective} ({direction})\nrun directory: {run_dir}",
+          flush=True)
+
+    from lbt_study.runner import run_study  # imports Ray: only once the input is known good
+
+    t0 = time.time()
+    run_study(study, run_dir, direction, trials=total, address=args.address,
+              num_cpus=args.num_cpus, spec_module=module, max_trial_cpus=checked.max_trial_cpus,
+              progress=lambda line: print(line, flush=True))
+    print(f"finished in {time.time() - t0:.0f} s\n")
+    return cmd_results(argparse.Namespace(run_dir=run_dir, top=10))
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"run directory {run_dir} exists and is not empty; "
+                        "choose another --run-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".write_test").touch()
+        (run_dir / ".write_test").unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write run directory {run_dir}: {exc.strerror}") from None
+
+
+def _write_meta(run_dir: Path, study: Any, spec: str, direction: str, total: int,
+                target: float | None) -> None:
+    meta = {"name": study.name, "workload": study.workload, "spec": str(Path(spec).resolve()),
+            "trials": total, "fixed": study.fixed, "sampler": "TPESampler",
+            "sampler_seed": study.sampler_seed, "objective_direction": direction,
+            "target": target, "asha": study.asha.model_dump() if study.asha else None,
+            "lbt_study_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (run_dir / "study.json").write_text(json.dumps(meta, indent=2, default=str))
+    (run_dir / "spec.py").write_text(Path(spec).read_text())
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from lbt_study.results import load_results
+
+    if not Path(args.run_dir).is_dir():
+        raise UserError(f"run directory not found: {args.run_dir}")
+    trials, history = load_results(args.run_dir)
+    meta_path = Path(args.run_dir) / "study.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    ascending = meta.get("objective_direction") == "minimize"
+    counts = trials["status"].value_counts().to_dict()
+    print(f"{len(trials)} trials ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
+          f"{len(history)} evaluations, {trials['batch_size'].nunique()} batch sizes, "
+          f"{trials['norm'].nunique()} normalizations")
+    cols = ["optuna_trial_number", "status", "batch_size", "workers", "norm", "learning_rate",
+            "warmup_epochs", "final_objective", "final_gap_accuracy", "throughput",
+            "wall_seconds"]
+    top = trials.sort_values("final_objective", ascending=ascending).head(args.top)
+    with pd.option_context("display.width", 160, "display.max_columns", 20,
+                           "display.float_format", "{:.4g}".format):
+        print(top[[c for c in cols if c in top.columns]].to_string(index=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "results": cmd_results}[args.command](args)
+    except UserError as exc:
+        print(f"lbt-study: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("lbt-study: interrupted; finished trials are in the run directory", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The normalization factory every built-in model uses.
+
+``make_norm(spec, num_features, spatial)`` returns a module for one of ``NORMS``:
+
+- ``batch``: torch BatchNorm over the micro-batch.
+- ``ghost_batch``: BatchNorm over virtual batches of ``ghost_batch_size`` (Hoffer et al. 2017),
+  vectorised by reshaping, not a Python loop over chunks.
+- ``sync_batch``: statistics pooled over all DDP workers. torch's ``SyncBatchNorm`` on GPU
+  (swapped in by ``use_torch_sync_bn``); torch's refuses CPU tensors, so on CPU (gloo) the same
+  statistics are all-reduced with ``torch.distributed.nn`` (differentiable).
+- ``layer``: LayerNorm over the features (GroupNorm with one group for feature maps).
+- ``group``: GroupNorm with ``norm_groups`` groups.
+- ``instance``: InstanceNorm2d with affine parameters (feature maps only).
+- ``none``: identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lbt_study.errors import UserError, unknown_name
+
+NORMS = ("batch", "ghost_batch", "sync_batch", "layer", "group", "instance", "none")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """A normalization choice and its options."""
+
+    kind: str = "batch"
+    ghost_batch_size: int | None = None
+    groups: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in NORMS:
+            raise unknown_name("normalization", self.kind, NORMS)
+        ghost = self.ghost_batch_size
+        if self.kind == "ghost_batch" and (ghost is None or ghost < 1):
+            raise UserError(
+                f"norm 'ghost_batch' needs ghost_batch_size >= 1, got {self.ghost_batch_size!r}"
+            )
+        if self.groups < 1:
+            raise UserError(f"norm_groups must be >= 1, got {self.groups}")
+
+
+def make_norm(spec: NormSpec, num_features: int, spatial: bool) -> nn.Module:
+    """A normalization layer for ``num_features`` channels of (N, C) or (N, C, H, W) input."""
+    kind = spec.kind
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(num_features) if spatial else nn.BatchNorm1d(num_features)
+    if kind == "ghost_batch":
+        return GhostBatchNorm(num_features, spec.ghost_batch_size or 0)
+    if kind == "sync_batch":
+        return SyncBatchNorm(num_features)
+    if kind == "layer":
+        return nn.GroupNorm(1, num_features) if spatial else nn.LayerNorm(num_features)
+    if kind == "group":
+        if num_features % spec.groups:
+            raise UserError(
+                f"norm_groups {spec.groups} does not divide a layer's {num_features} channels; "
+                f"allowed: a divisor of {num_features}"
+            )
+        return nn.GroupNorm(spec.groups, num_features)
+    if kind == "instance":
+        if not spatial:
+            raise UserError(
+                "norm 'instance' needs feature maps (a convolutional model); "
+                "this model has vector features: use 'layer' or choose a convolutional model"
+            )
+        return nn.InstanceNorm2d(num_features, affine=True)
+    raise unknown_name("normalization", kind, NORMS)
+
+
+class GhostBatchNorm(nn.Module):
+    """BatchNorm whose training statistics come from virtual batches of ``ghost_batch_size``.
+
+    Each ghost batch is normalised by its own mean and (biased) variance; the running estimates
+    move toward the average over ghost batches of their mean and unbiased variance. With
+    ``ghost_batch_size`` equal to the batch this is exactly ``nn.BatchNorm``.
+    """
+
+    def __init__(
+        self, num_features: int, ghost_batch_size: int, eps: float = 1e-5, momentum: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.ghost_batch_size = ghost_batch_size
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        n, g = x.shape[0], self.ghost_batch_size
+        if n % g:
+            raise ValueError(f"ghost_batch_size {g} does not divide the batch of {n}")
+        ghosts = x.reshape(n // g, g, *x.shape[1:])
+        dims = (1, *range(3, ghosts.dim()))
+        var, mean = torch.var_mean(ghosts, dim=dims, correction=0, keepdim=True)
+        y = ((ghosts - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        with torch.no_grad():
+            count = g * math.prod(x.shape[2:])
+            unbiased = var * (count / max(count - 1, 1))
+            self.running_mean.lerp_(mean.mean(0).flatten(), self.momentum)
+            self.running_var.lerp_(unbiased.mean(0).flatten(), self.momentum)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch statistics pooled over all DDP workers, on any device.
+
+    In training under a process group of more than one worker, the per-channel sum, sum of
+    squares and count are all-reduced with ``torch.distributed.nn`` (gradients flow back
+    through the reduction); otherwise it is ordinary BatchNorm. It is deliberately not a
+    ``torch.nn.SyncBatchNorm``, which refuses CPU tensors (and DDP refuses it on CPU); on a GPU,
+    ``use_torch_sync_bn`` swaps it for torch's fused implementation.
+    """
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = (0, *range(2, x.dim()))
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        stats = dist_fn.all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        c = self.num_features
+        total = stats[-1]
+        mean = stats[:c] / total
+        var = (stats[c : 2 * c] / total - mean * mean).clamp_min(0.0)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        with torch.no_grad():
+            n = float(total)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * (n / max(n - 1, 1)), self.momentum)
+            self.num_batches_tracked += 1
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def use_torch_sync_bn(module: nn.Module) -> nn.Module:
+    """Replace every ``SyncBatchNorm`` of ours by ``torch.nn.SyncBatchNorm`` (GPU only)."""
+    for name, child in module.named_children():
+        if isinstance(child, SyncBatchNorm):
+            torch_bn = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum)
+            torch_bn.load_state_dict(child.state_dict())
+            setattr(module, name, torch_bn.to(child.weight.device, child.weight.dtype))
+        else:
+            use_torch_sync_bn(child)
+    return module

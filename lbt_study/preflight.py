@@ -1,0 +1,77 @@
+"""Check a study before any Ray work: the workload, the fixed settings and a sample of the space.
+
+The space is define-by-run, so its configs cannot be enumerated; ``check_study`` draws
+``samples`` configs from it with Optuna's random sampler (no training), after the study's
+``initial_points``, and validates each one
+completely (trial config, batch plan, model construction), so a batch size that does not
+divide or a norm a model cannot take is reported before the study starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from lbt_study.batching import make_batch_plan
+from lbt_study.config import TrainConfig, parse_config
+from lbt_study.errors import UserError
+from lbt_study.norms import NormSpec
+from lbt_study.spec import Study
+from lbt_study.workload import Workload, get_workload
+
+
+def suggest(study: Study, trial: Any) -> dict[str, Any]:
+    """The trial-config values the space gives for one Optuna trial (suggested + returned)."""
+    try:
+        returned = study.space(trial)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"space function raised {type(exc).__name__}: {exc}") from None
+    if returned is not None and not isinstance(returned, dict):
+        raise UserError(f"space function must return a dict or None, got {type(returned).__name__}")
+    return {**trial.params, **(returned or {})}
+
+
+def check_config(values: dict[str, Any], workload: Workload, seen: set[tuple]) -> TrainConfig:
+    cfg = parse_config(values)
+    make_batch_plan(cfg.batch_size, cfg.workers, cfg.accumulation_steps, cfg.norm,
+                    cfg.ghost_batch_size)
+    key = (cfg.model, cfg.norm, cfg.ghost_batch_size, cfg.norm_groups)
+    if key not in seen:
+        workload.make_model(cfg.model, NormSpec(cfg.norm, cfg.ghost_batch_size, cfg.norm_groups))
+        seen.add(key)
+    return cfg
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the preflight learnt: the workload, and the largest trial in CPUs (workers x
+    cpus_per_worker) among the sampled configs."""
+
+    workload: Workload
+    max_trial_cpus: int
+
+
+def check_study(study: Study, samples: int = 64) -> Checked:
+    """Raise ``UserError`` (one line) for the first invalid thing found."""
+    workload = get_workload(study.workload)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=study.sampler_seed))
+    for point in study.initial_points:
+        probe.enqueue_trial(point)
+    seen: set[tuple] = set()
+    max_cpus = 1
+    for _ in range(len(study.initial_points) + samples):
+        trial = probe.ask()
+        suggested = suggest(study, trial)
+        try:
+            cfg = check_config(study.trial_values(suggested), workload, seen)
+        except UserError as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in sorted(suggested.items()))
+            raise UserError(f"{exc} (space gave: {shown})") from None
+        max_cpus = max(max_cpus, cfg.workers * cfg.cpus_per_worker)
+        probe.tell(trial, 0.0)
+    return Checked(workload, max_cpus)

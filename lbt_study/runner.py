@@ -1,0 +1,363 @@
+"""Run a study on Ray: Ray Tune + OptunaSearch choose configs, each trial trains with DDP.
+
+The only module that imports Ray. A trial with one worker runs the training loop inside the
+Tune trial itself (same code, no separate worker group: seconds less fixed cost per trial); a
+trial with more workers runs a Ray Train ``TorchTrainer`` (gloo on CPU, nccl on GPU) from
+inside the Tune function trainable, the current Tune<->Train pattern.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+# Before Ray is imported: Train's report throttle defaults to 2 s (see shared/RAY_NOTES.md).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+import ray.cloudpickle  # noqa: E402
+import ray.train  # noqa: E402
+import ray.train.torch  # noqa: E402
+import torch  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.integration.ray_train import TuneReportCallback  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from lbt_study.config import TrainConfig, parse_config  # noqa: E402
+from lbt_study.errors import UserError  # noqa: E402
+from lbt_study.preflight import suggest  # noqa: E402
+from lbt_study.results import (  # noqa: E402
+    ResultsWriter,
+    history_record,
+    trial_record,
+    trial_status,
+)
+from lbt_study.spec import Study, merge_values  # noqa: E402
+from lbt_study.train import Row, run_training  # noqa: E402
+
+SLOT = "lbt_cpu"
+"""Custom resource mirroring CPUs: a trial reserves all its workers' CPUs up front, so a
+multi-worker trial never waits for CPUs held by other trials."""
+
+Progress = Callable[[str], None]
+HEARTBEAT_SECONDS = 30.0
+
+
+# ---------------------------------------------------------------- trial side (Ray workers)
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def _failed_row(exc: BaseException, last: Row | None) -> Row:
+    return {"status": "failed", "error": _one_line(exc), "objective": math.nan,
+            "step": (last or {}).get("step", 0),
+            "examples_seen": (last or {}).get("examples_seen", 0)}
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker."""
+    run_training(TrainConfig(**config), report=ray.train.report,
+                 device=ray.train.torch.get_device())
+
+
+def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
+    trial_id = tune.get_context().get_trial_id()
+    use_gpu = cfg.gpus_per_worker > 0
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
+    trainer = ray.train.torch.TorchTrainer(
+        _worker_loop,
+        train_loop_config=cfg.model_dump(),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train_{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
+    """The Tune function trainable: one trial, whatever its number of workers."""
+    last: Row | None = None
+
+    def report(row: Row) -> None:
+        nonlocal last
+        last = row
+        tune.report(row)
+
+    try:
+        cfg = parse_config(merge_values(base, config))
+        if cfg.workers == 1 and cfg.launcher == "auto":
+            device = torch.device("cuda") if cfg.gpus_per_worker > 0 else None
+            run_training(cfg, report=report, device=device)
+        else:
+            _train_with_workers(cfg, storage)
+    except Exception as exc:  # a failed trial is a recorded outcome, not a crashed study
+        if not isinstance(exc, UserError):
+            traceback.print_exc()
+        tune.report(_failed_row(exc, last))
+
+
+def _resources_for(config: dict[str, Any], base: dict[str, Any],
+                   slots: bool) -> tune.PlacementGroupFactory:
+    try:
+        values = merge_values(base, config)
+    except UserError:
+        values = {**base, **config}  # the trial itself will fail and record why
+    return trial_resources(values, slots)
+
+
+def trial_resources(values: dict[str, Any], slots: bool) -> tune.PlacementGroupFactory:
+    """What Tune reserves for a trial: the trial's own process for one worker, else only the
+    slot (the TorchTrainer's workers take their CPUs themselves)."""
+    workers = int(values.get("workers", 1))
+    cpus = int(values.get("cpus_per_worker", 1))
+    gpus = float(values.get("gpus_per_worker", 0.0))
+    if workers == 1 and values.get("launcher", "auto") == "auto":
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **({SLOT: cpus} if slots else {})}
+    else:
+        bundle = {SLOT: workers * cpus} if slots else {"CPU": 0.01}
+    return tune.PlacementGroupFactory([bundle])
+
+
+# ---------------------------------------------------------------- driver side
+
+class SpaceOf:
+    """The study's space as OptunaSearch calls it; a class, since OptunaSearch pickles it."""
+
+    def __init__(self, study: Study) -> None:
+        self.study = study
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return suggest(self.study, trial)
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that records outcomes faithfully.
+
+    Intermediate values are reported at examples seen (not Tune iterations); a trial stopped
+    early is told PRUNED, a diverged / out-of-memory / failed one FAIL (so the sampler moves
+    away), never COMPLETE with a made-up value. Each Optuna trial carries the Tune trial id
+    and the lbt-study status as user attributes.
+    """
+
+    def optuna_number(self, trial_id: str) -> int | None:
+        trial = self._ot_trials.get(trial_id)
+        return None if trial is None else trial.number
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's searcher checkpoint, without the user's space function (which need not
+        pickle); lbt-study resumes from the Optuna database, not from this file."""
+        space, self._space = self._space, None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._space = space
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, float) and math.isfinite(value) and "examples_seen" in result:
+            self._ot_trials[trial_id].report(value, int(result["examples_seen"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        status = trial_status(result, "error" if error else None)
+        ot_trial.set_user_attr("status", status)
+        ot_trial.set_user_attr("tune_trial_id", trial_id)
+        value = (result or {}).get(self.metric)
+        if status == "ok" and isinstance(value, float) and math.isfinite(value):
+            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
+        elif status == "pruned":
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        else:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+
+class ResultsCallback(tune.Callback):
+    """Writes the tables as trials finish and prints one progress line per finished trial."""
+
+    def __init__(self, writer: ResultsWriter, search: StudySearch, study: Study,
+                 direction: str, total: int, progress: Progress) -> None:
+        self.writer, self.search, self.study = writer, search, study
+        self.direction, self.total, self.progress = direction, total, progress
+        self.started: dict[str, float] = {}
+        self.rows: dict[str, list[Row]] = {}
+        self.done = 0
+        self.last_line = time.time()
+
+    def say(self, line: str) -> None:
+        self.progress(line)
+        self.last_line = time.time()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """A heartbeat when nothing was printed for a while: what is running, how far."""
+        if time.time() - self.last_line < HEARTBEAT_SECONDS:
+            return
+        running = []
+        for tid, rows in self.rows.items():
+            last = next((r for r in reversed(rows) if "step" in r), None)
+            where = f"step {last['step']}/{last['total_steps']}" if last and \
+                "total_steps" in last else "starting"
+            running.append(f"{tid} {where} ({time.time() - self.started[tid]:.0f} s)")
+        self.say(f"... {self.done}/{self.total} finished; running: {', '.join(running) or '-'}")
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started[trial.trial_id] = time.time()
+        self.rows[trial.trial_id] = []
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self.rows.setdefault(trial.trial_id, []).append(result)
+        rec = history_record(trial.trial_id, result)
+        if rec is not None:
+            self.writer.add_history(rec)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        self._finish(trial, _one_line(error) if error else "trial error")
+
+    def _finish(self, trial: Any, error: str | None) -> None:
+        tid = trial.trial_id
+        wall = time.time() - self.started.get(tid, time.time())
+        try:
+            values = self.study.trial_values(dict(trial.config))
+        except UserError:
+            values = dict(trial.config)
+        rec = trial_record(tid, values, self.rows.pop(tid, []), wall,
+                           self.search.optuna_number(tid), self.direction, error)
+        self.writer.add_trial(rec)
+        self.done += 1
+        self.say(_progress_line(self.done, self.total, rec))
+
+
+def _progress_line(done: int, total: int, rec: dict[str, Any]) -> str:
+    width = len(str(total))
+    objective = rec.get("final_objective", math.nan)
+    shown = f"objective {objective:.4f}" if isinstance(objective, float) and \
+        math.isfinite(objective) else (rec.get("error") or "no objective")
+    return (f"[{done:>{width}}/{total}] {rec['status']:<8} B={rec['batch_size']!s:<5} "
+            f"workers={rec['workers']} norm={rec['norm']:<11} lr={rec['learning_rate']:.3g} "
+            f"-> {shown} ({rec['wall_seconds']:.1f} s)")
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to a cluster (``address``) or start a local one; True if it has trial slots."""
+    common: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            cpus = num_cpus or os.cpu_count() or 1
+            ray.init(num_cpus=cpus, resources={SLOT: cpus}, include_dashboard=None,
+                     dashboard_host="127.0.0.1", **common)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot start or reach Ray at {address or 'local'}: {_one_line(exc)}") \
+            from None
+    return SLOT in ray.cluster_resources()
+
+
+def concurrency(requested: int | None, max_trial_cpus: int, slots: bool,
+                progress: Progress) -> int | None:
+    """How many trials may run at once.
+
+    Tune asks Ray for the resources of every pending trial at once, so a 2-worker trial can
+    wait forever while 1-worker trials take each CPU as it frees. With at most
+    ``cpus // max_trial_cpus`` trials live, all live trials always fit together and none
+    starves; that is the default. A larger requested limit is kept, with a warning.
+    """
+    if not slots:
+        return requested
+    safe = max(1, int(ray.cluster_resources()[SLOT]) // max_trial_cpus)
+    if requested is None:
+        return safe
+    if requested > safe:
+        progress(f"warning: max_concurrent_trials={requested} with trials of up to "
+                 f"{max_trial_cpus} CPUs on {int(ray.cluster_resources()[SLOT])}: "
+                 "larger trials may wait behind smaller ones")
+    return requested
+
+
+def make_search(study: Study, run_dir: Path, direction: str) -> StudySearch:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    return StudySearch(
+        space=SpaceOf(study),
+        metric="objective",
+        mode="max" if direction == "maximize" else "min",
+        sampler=optuna.samplers.TPESampler(seed=study.sampler_seed),
+        study_name=study.name,
+        storage=storage,
+        points_to_evaluate=list(study.initial_points) or None,
+    )
+
+
+def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None = None,
+              address: str | None = None, num_cpus: int | None = None,
+              spec_module: ModuleType | None = None, max_trial_cpus: int = 1,
+              progress: Progress = print) -> ResultsWriter:
+    """Run the study to completion and return the writer holding both tables.
+
+    ``max_trial_cpus`` is the largest trial (workers x cpus_per_worker) the space gives; see
+    ``concurrency``.
+    """
+    run_dir = Path(run_dir).resolve()
+    total = trials or study.trials
+    if spec_module is not None:  # pickle the user's space function by value, not by name
+        ray.cloudpickle.register_pickle_by_value(spec_module)
+    started_here = not ray.is_initialized()
+    slots = start_ray(address, num_cpus) if started_here else SLOT in ray.cluster_resources()
+    try:
+        search = make_search(study, run_dir, direction)
+        writer = ResultsWriter(run_dir)
+        callback = ResultsCallback(writer, search, study, direction, total, progress)
+        storage = str(run_dir / "ray")
+        base = study.base_values()  # the trainable carries plain values, never the spec
+        trainable = tune.with_resources(
+            partial(_trial, base=base, storage=storage),
+            partial(_resources_for, base=base, slots=slots),
+        )
+        scheduler = None
+        if study.asha is not None:
+            scheduler = ASHAScheduler(
+                time_attr="examples_seen", metric="objective", mode=search.mode,
+                max_t=study.asha.max_examples,
+                grace_period=study.asha.grace_examples,
+                reduction_factor=study.asha.reduction_factor,
+            )
+        limit = concurrency(study.max_concurrent_trials, max_trial_cpus, slots, progress)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=search, scheduler=scheduler, num_samples=total,
+                max_concurrent_trials=limit, reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(name="tune", storage_path=storage, callbacks=[callback],
+                                      verbose=0),
+        )
+        tuner.fit()
+        writer.flush()
+        return writer
+    finally:
+        if started_here:
+            ray.shutdown()

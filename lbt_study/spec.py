@@ -1,0 +1,129 @@
+"""The study spec: a Python file that defines ``study = Study(...)``.
+
+A spec file is Python and is executed when loaded: run only specs you trust.
+
+    from lbt_study import Study
+
+    def space(trial):                      # define-by-run, over an optuna.Trial
+        return {"batch_size": trial.suggest_categorical("batch_size", [32, 128, 512]),
+                "lr": trial.suggest_float("lr", 1e-3, 1.0, log=True)}
+
+    study = Study(name="demo", workload="digits", space=space, trials=20,
+                  fixed={"epochs": 5, "norm": "batch"})
+
+``space(trial)`` returns trial-config overrides (or None to use the suggested parameters as
+they are); ``fixed`` holds the settings shared by every trial. Both are ``TrainConfig`` fields
+and may not overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lbt_study.config import TrainConfig, validation_line
+from lbt_study.errors import UserError
+
+SpaceFn = Callable[[Any], dict[str, Any] | None]
+
+
+class Asha(BaseModel):
+    """ASHA early stopping with rungs counted in examples seen (fair across batch sizes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grace_examples: int = Field(gt=0)
+    max_examples: int = Field(gt=0)
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Asha:
+        if self.grace_examples > self.max_examples:
+            raise ValueError(
+                f"grace_examples {self.grace_examples} exceeds max_examples {self.max_examples}"
+            )
+        return self
+
+
+class Study(BaseModel):
+    """What a study searches, over which workload, for how many trials."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1)
+    space: SpaceFn
+    workload: str = "digits"
+    trials: int = Field(default=20, gt=0)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    sampler_seed: int = 0
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    asha: Asha | None = None
+    initial_points: list[dict[str, Any]] = Field(default_factory=list)
+    """Parameter values (by Optuna parameter name) to try first, e.g. one per normalization;
+    enqueued in the Optuna study, then the sampler takes over."""
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Study:
+        known = set(TrainConfig.model_fields)
+        unknown = sorted(set(self.fixed) - known)
+        if unknown:
+            raise ValueError(f"fixed has unknown keys {unknown}; known: {', '.join(sorted(known))}")
+        if "workload" in self.fixed:
+            raise ValueError("set the workload with Study(workload=...), not in fixed")
+        return self
+
+    def trial_values(self, suggested: dict[str, Any]) -> dict[str, Any]:
+        """One trial's config values: fixed settings plus the space's, which may not overlap."""
+        return merge_values(self.base_values(), suggested)
+
+    def base_values(self) -> dict[str, Any]:
+        """What every trial shares: the fixed settings and the workload (plain, picklable)."""
+        return {**self.fixed, "workload": self.workload}
+
+
+def merge_values(base: dict[str, Any], suggested: dict[str, Any]) -> dict[str, Any]:
+    overlap = sorted(set(suggested) & set(base))
+    if overlap:
+        raise UserError(f"space and fixed both set {overlap}; set each key in one place")
+    return {**base, **suggested}
+
+
+def load_spec(path: str | Path) -> tuple[Study, Any]:
+    """Execute a spec file and return its ``study`` and the module (for pickling by value)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"spec file not found: {path}")
+    if path.suffix != ".py":
+        raise UserError(f"spec must be a Python file ending in .py, got {path.name}")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    name = f"lbt_spec_{digest}"  # stable, so pickles made by reference load after a restart
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UserError(f"cannot load spec {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise UserError(f"spec {path} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    except UserError:
+        raise
+    except ValidationError as exc:
+        raise UserError(f"spec {path}: invalid Study: {validation_line(exc)}") from None
+    except Exception as exc:  # the spec is user code: any failure is a user error
+        raise UserError(f"spec {path} raised {type(exc).__name__}: {exc}") from None
+    study = getattr(module, "study", None)
+    if not isinstance(study, Study):
+        got = "nothing" if study is None else type(study).__name__
+        raise UserError(
+            f"spec {path} must define `study = Study(name=..., space=..., ...)`, "
+            f"but `study` is {got}"
+        )
+    return study, module

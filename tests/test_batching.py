@@ -1,0 +1,110 @@
+"""make_batch_plan: B = workers x accumulation x micro-batch, and the norm batch size."""
+
+import pytest
+
+from lbt_study.batching import make_batch_plan
+from lbt_study.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("batch", "workers", "accum", "micro"),
+    [(64, 1, 1, 64), (64, 2, 1, 32), (64, 1, 4, 16), (96, 3, 2, 16), (12, 4, 3, 1)],
+)
+def test_micro_batch_is_batch_over_workers_times_accumulation(batch, workers, accum, micro):
+    plan = make_batch_plan(batch, workers, accum)
+    assert plan.micro_batch_size == micro
+    assert plan.workers * plan.accumulation_steps * plan.micro_batch_size == batch
+    assert plan.per_worker_batch_size == micro * accum
+    assert plan.global_batch_size == batch
+
+
+def test_describe_and_record_show_the_arithmetic():
+    plan = make_batch_plan(96, 3, 2, norm="batch")
+    assert plan.describe() == (
+        "B=96 = 3 workers x 2 accumulation x 16 micro-batch; norm batch size 16"
+    )
+    assert plan.as_record() == {
+        "global_batch_size": 96,
+        "workers": 3,
+        "accumulation_steps": 2,
+        "micro_batch_size": 16,
+        "norm_batch_size": 16,
+    }
+    assert make_batch_plan(8).describe().endswith("norm batch size n/a")
+
+
+def test_batch_not_divisible_by_workers_names_the_numbers():
+    with pytest.raises(UserError) as info:
+        make_batch_plan(100, workers=3)
+    message = str(info.value)
+    assert "100" in message and "3" in message
+
+
+def test_batch_not_divisible_by_workers_times_accumulation_names_the_numbers():
+    # 100 is divisible by 2 but not by 2 x 3 = 6.
+    with pytest.raises(UserError) as info:
+        make_batch_plan(100, workers=2, accumulation_steps=3)
+    message = str(info.value)
+    assert "100" in message and "2 x 3 = 6" in message
+
+
+@pytest.mark.parametrize(
+    ("norm", "ghost", "expected"),
+    [
+        ("batch", None, 16),
+        ("ghost_batch", 4, 4),
+        ("ghost_batch", 16, 16),
+        ("sync_batch", None, 32),
+        ("layer", None, None),
+        ("none", None, None),
+        ("group", None, None),
+        ("instance", None, None),
+    ],
+)
+def test_norm_batch_size(norm, ghost, expected):
+    plan = make_batch_plan(64, workers=2, accumulation_steps=2, norm=norm, ghost_batch_size=ghost)
+    assert plan.micro_batch_size == 16
+    assert plan.norm_batch_size == expected
+
+
+def test_batch_norm_with_accumulation_sees_the_micro_batch():
+    plan = make_batch_plan(64, workers=1, accumulation_steps=4, norm="batch")
+    assert plan.micro_batch_size == 16
+    assert plan.norm_batch_size == 16
+
+
+def test_sync_batch_pools_workers_not_accumulation():
+    plan = make_batch_plan(96, workers=3, accumulation_steps=4, norm="sync_batch")
+    assert plan.micro_batch_size == 8
+    assert plan.norm_batch_size == 24
+
+
+def test_ghost_size_not_dividing_micro_batch_raises_with_numbers():
+    with pytest.raises(UserError) as info:
+        make_batch_plan(64, workers=2, norm="ghost_batch", ghost_batch_size=5)
+    message = str(info.value)
+    assert "5" in message and "32" in message
+
+
+@pytest.mark.parametrize("ghost", [None, 0, -4])
+def test_ghost_batch_needs_a_positive_ghost_size(ghost):
+    with pytest.raises(UserError, match="ghost_batch_size"):
+        make_batch_plan(64, norm="ghost_batch", ghost_batch_size=ghost)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"global_batch_size": 0}, "batch_size"),
+        ({"global_batch_size": -8}, "batch_size"),
+        ({"global_batch_size": True}, "batch_size"),
+        ({"global_batch_size": 8.0}, "batch_size"),
+        ({"global_batch_size": 8, "workers": 0}, "workers"),
+        ({"global_batch_size": 8, "workers": True}, "workers"),
+        ({"global_batch_size": 8, "accumulation_steps": -1}, "accumulation_steps"),
+        ({"global_batch_size": 8, "accumulation_steps": False}, "accumulation_steps"),
+    ],
+)
+def test_non_positive_or_bool_values_raise(kwargs, name):
+    with pytest.raises(UserError, match=name):
+        make_batch_plan(**kwargs)

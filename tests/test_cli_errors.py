@@ -1,0 +1,154 @@
+"""Bad input: one line on stderr, exit code 2, no traceback, nothing started."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lbt_study.cli import main
+
+GOOD_SPACE = """
+from lbt_study import Study
+def space(trial):
+    return {"batch_size": trial.suggest_categorical("batch_size", [32, 64]), "lr": 0.1}
+"""
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_spec_file(capsys, tmp_path):
+    code, err = run_cli(capsys, "run", str(tmp_path / "nope.py"))
+    assert_one_line(code, err, "spec file not found", "nope.py")
+
+
+def test_spec_without_space(capsys, write_spec):
+    spec = write_spec("from lbt_study import Study\nstudy = Study(name='x', trials=2)\n")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "space", "Field required")
+
+
+def test_spec_without_study(capsys, write_spec):
+    spec = write_spec("x = 1\n")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "must define `study = Study(")
+
+
+def test_spec_syntax_error(capsys, write_spec):
+    spec = write_spec("def space(:\n")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "syntax error at line 1")
+
+
+def test_unknown_normalization(capsys, write_spec):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space, fixed={'norm': 'bn'})\n")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "unknown norm 'bn'", "ghost_batch", "sync_batch", "instance")
+
+
+def test_batch_not_divisible(capsys, write_spec, tmp_path):
+    spec = write_spec("""
+        from lbt_study import Study
+        def space(trial):
+            return {"batch_size": trial.suggest_categorical("batch_size", [48, 100]),
+                    "lr": 0.1}
+        study = Study(name="x", space=space, fixed={"workers": 2, "accumulation_steps": 4})
+    """)
+    code, err = run_cli(capsys, "run", str(spec), "--run-dir", str(tmp_path / "run"))
+    assert_one_line(code, err, "batch_size 100 is not divisible by", "2 x 4 = 8")
+    assert not (tmp_path / "run").exists()  # rejected before anything was created
+
+
+def test_unknown_workload(capsys, write_spec):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space, workload='cifar99')\n")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "unknown workload 'cifar99'", "digits")
+
+
+def test_unknown_fixed_key(capsys, write_spec):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space, fixed={'epoch': 3})\n")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "unknown keys ['epoch']", "epochs")
+
+
+def test_space_that_raises(capsys, write_spec):
+    spec = write_spec("""
+        from lbt_study import Study
+        def space(trial):
+            raise KeyError("oops")
+        study = Study(name="x", space=space)
+    """)
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "space function raised KeyError")
+
+
+def test_instance_norm_on_mlp(capsys, write_spec):
+    spec = write_spec(GOOD_SPACE + (
+        "study = Study(name='x', space=space, fixed={'norm': 'instance', 'model': 'mlp'})\n"))
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "norm 'instance' needs feature maps")
+
+
+def test_warmup_longer_than_training(capsys, write_spec):
+    spec = write_spec(GOOD_SPACE + (
+        "study = Study(name='x', space=space, fixed={'warmup_epochs': 5, 'epochs': 2})\n"))
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "warmup_epochs 5.0 must be shorter than training")
+
+
+def test_space_and_fixed_overlap(capsys, write_spec):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space, fixed={'lr': 0.2})\n")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, "space and fixed both set ['lr']")
+
+
+def test_non_empty_run_dir(capsys, write_spec, tmp_path):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space)\n")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "trials.csv").write_text("keep me")
+    code, err = run_cli(capsys, "run", str(spec), "--run-dir", str(tmp_path / "old"))
+    assert_one_line(code, err, "exists and is not empty")
+    assert (tmp_path / "old" / "trials.csv").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["run", "x.py", "--trials", "0"], "--trials must be >= 1, got 0"),
+    (["run", "x.py", "--trials", "many"], "invalid int value: 'many'"),
+    (["run", "x.py", "--address", "auto", "--num-cpus", "2"], "cannot be combined"),
+    (["results", "/nonexistent/run"], "run directory not found"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_cli_usage_errors(capsys, argv, fragment):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert_one_line(code, capsys.readouterr().err, fragment)
+
+
+def test_results_of_a_directory_that_is_not_a_run(capsys, tmp_path):
+    code, err = run_cli(capsys, "results", str(tmp_path))
+    assert_one_line(code, err, "has no trials table")
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lbt_study.cli", "run", str(tmp_path / "missing.py")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"lbt-study: error: spec file not found: {tmp_path / 'missing.py'}"
+    ]

@@ -1,0 +1,113 @@
+"""Whole studies on a real local Ray (2 CPUs): tables, Optuna DB, DDP trials, ASHA, failures."""
+
+import math
+
+import optuna
+import pytest
+
+from lbt_study import Study, load_results
+from lbt_study.preflight import check_study
+from lbt_study.runner import run_study
+
+pytestmark = pytest.mark.ray
+
+
+def _space(trial):
+    return {
+        "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+        "lr": trial.suggest_float("lr", 1e-3, 0.3, log=True),
+        "norm": trial.suggest_categorical("norm", ["batch", "layer"]),
+    }
+
+
+def _run(study, tmp_path, ray_local):
+    checked = check_study(study)
+    lines = []
+    run_study(study, tmp_path, checked.workload.objective_direction,
+              max_trial_cpus=checked.max_trial_cpus, progress=lines.append)
+    trials, history = load_results(tmp_path)
+    return trials, history, lines
+
+
+def test_study_tables_match_optuna_and_record_divergence(tmp_path, ray_local):
+    study = Study(
+        name="e2e", space=_space, trials=5, sampler_seed=3,
+        fixed={"model": "mlp", "epochs": 1, "eval_every_examples": 512},
+        initial_points=[{"batch_size": 32, "lr": 0.1, "norm": "batch"},
+                        {"batch_size": 64, "lr": 1e4, "norm": "layer"}],  # diverges
+    )
+    trials, history, lines = _run(study, tmp_path, ray_local)
+
+    assert len(trials) == 5 and len(lines) == 5
+    by_number = trials.set_index("optuna_trial_number")
+    assert by_number.loc[1, "status"] == "diverged"
+    assert by_number.loc[1, "diverged_step"] >= 1
+    assert set(trials["status"]) <= {"ok", "diverged"}
+    ok = trials[trials["status"] == "ok"]
+    # every finished trial evaluated at step 0, at each 512 examples and at its last step
+    for row in ok.itertuples():
+        steps = history.loc[history["trial_id"] == row.trial_id, "step"].tolist()
+        assert steps[0] == 0 and steps[-1] == row.total_steps and len(steps) >= 3
+        assert row.total_steps == math.ceil(1437 / row.batch_size)
+        assert row.examples_seen == row.total_steps * row.batch_size
+        assert row.fixed_cost_seconds == pytest.approx(
+            row.wall_seconds - row.train_seconds - row.eval_seconds)
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ot = optuna.load_study(study_name="e2e", storage=storage)
+    assert len(ot.trials) == 5
+    for t in ot.trials:
+        rec = by_number.loc[t.number]
+        assert t.user_attrs["tune_trial_id"] == rec["trial_id"]
+        assert t.user_attrs["status"] == rec["status"]
+        assert t.params["batch_size"] == rec["batch_size"]
+        assert t.params["lr"] == pytest.approx(rec["lr"])
+        if rec["status"] == "ok":
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.value == pytest.approx(rec["final_objective"])
+            # intermediate values are reported at examples seen
+            assert max(t.intermediate_values) == rec["examples_seen"]
+        else:
+            assert t.state == optuna.trial.TrialState.FAIL
+    joined = trials.merge(ot.trials_dataframe(), left_on="optuna_trial_number", right_on="number")
+    assert len(joined) == 5
+    assert (joined["params_batch_size"] == joined["batch_size"]).all()
+
+
+def test_two_worker_trial_runs_ddp_through_ray_train(tmp_path, ray_local):
+    def space(trial):
+        return {"batch_size": trial.suggest_categorical("batch_size", [64]), "lr": 0.05}
+
+    study = Study(name="ddp", space=space, trials=1,
+                  fixed={"workers": 2, "norm": "sync_batch", "model": "mlp", "epochs": 1})
+    trials, history, _ = _run(study, tmp_path, ray_local)
+    assert trials.loc[0, "status"] == "ok", trials.loc[0, "error"]
+    assert trials.loc[0, "micro_batch_size"] == 32
+    assert trials.loc[0, "norm_batch_size"] == 64  # SyncBN pools both workers' micro-batches
+    assert (history["world_size"] == 2).all()
+    assert (history["replica_spread"].abs() < 1e-6).all()
+    assert history["val_accuracy"].iloc[-1] > 0.5
+
+
+def test_asha_stops_poor_trials_and_optuna_records_them_pruned(tmp_path, ray_local):
+    def space(trial):
+        return {"lr": trial.suggest_float("lr", 1e-5, 0.5, log=True)}
+
+    from lbt_study import Asha
+
+    study = Study(
+        name="asha", space=space, trials=3,
+        fixed={"batch_size": 32, "model": "mlp", "norm": "batch", "epochs": 2,
+               "eval_every_examples": 512},
+        asha=Asha(grace_examples=512, max_examples=2 * 1437, reduction_factor=2),
+        initial_points=[{"lr": 0.1}, {"lr": 1e-5}, {"lr": 1.1e-5}],
+    )
+    trials, history, _ = _run(study, tmp_path, ray_local)
+    by_number = trials.set_index("optuna_trial_number")
+    assert by_number.loc[0, "status"] == "ok"
+    assert by_number.loc[2, "status"] == "pruned"
+    assert by_number.loc[2, "steps"] < by_number.loc[2, "total_steps"]
+    ot = optuna.load_study(study_name="asha", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = {t.number: t.state for t in ot.trials}
+    assert states[0] == optuna.trial.TrialState.COMPLETE
+    assert states[2] == optuna.trial.TrialState.PRUNED
