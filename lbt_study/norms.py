@@ -7,7 +7,7 @@
   vectorised by reshaping, not a Python loop over chunks.
 - ``sync_batch``: statistics pooled over all DDP workers. torch's ``SyncBatchNorm`` on GPU
   (swapped in by ``use_torch_sync_bn``); torch's refuses CPU tensors, so on CPU (gloo) the same
-  statistics are all-reduced with ``torch.distributed.nn`` (differentiable).
+  statistics are all-reduced, differentiably.
 - ``layer``: LayerNorm over the features (GroupNorm with one group for feature maps).
 - ``group``: GroupNorm with ``norm_groups`` groups.
 - ``instance``: InstanceNorm2d with affine parameters (feature maps only).
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -123,11 +122,28 @@ class GhostBatchNorm(nn.Module):
         return y * self.weight.view(shape) + self.bias.view(shape)
 
 
+class AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over workers: the gradient of each input is the sum over workers of
+    the output's gradients (torch.distributed.nn's all_reduce, which torch 2.13 deprecates)."""
+
+    @staticmethod
+    def forward(ctx: object, x: Tensor) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class SyncBatchNorm(_BatchNorm):
     """Batch statistics pooled over all DDP workers, on any device.
 
     In training under a process group of more than one worker, the per-channel sum, sum of
-    squares and count are all-reduced with ``torch.distributed.nn`` (gradients flow back
+    squares and count are all-reduced with ``AllReduceSum`` (gradients flow back
     through the reduction); otherwise it is ordinary BatchNorm. It is deliberately not a
     ``torch.nn.SyncBatchNorm``, which refuses CPU tensors (and DDP refuses it on CPU); on a GPU,
     ``use_torch_sync_bn`` swaps it for torch's fused implementation.
@@ -143,7 +159,7 @@ class SyncBatchNorm(_BatchNorm):
             return super().forward(x)
         dims = (0, *range(2, x.dim()))
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        stats = dist_fn.all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        stats = AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         c = self.num_features
         total = stats[-1]
         mean = stats[:c] / total

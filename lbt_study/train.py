@@ -80,7 +80,8 @@ def make_optimizer(cfg: TrainConfig, params: Iterator[nn.Parameter]) -> torch.op
 def make_scheduler(
     opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str
 ) -> lr_scheduler.LRScheduler:
-    """Linear warmup from lr/warmup to lr, then cosine decay to 0 or a constant lr."""
+    """Linear warmup lr * (t + 1) / warmup for t < warmup (Goyal et al. 2017: reaches lr at
+    the end of warmup), then cosine decay from lr towards 0 over the rest, or a constant lr."""
     rest = total_steps - warmup_steps
     if kind == "cosine":
         main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(opt, T_max=rest)
@@ -88,9 +89,7 @@ def make_scheduler(
         main = lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     if warmup_steps == 0:
         return main
-    warm = lr_scheduler.LinearLR(
-        opt, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps
-    )
+    warm = lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / warmup_steps)
     return lr_scheduler.SequentialLR(opt, [warm, main], milestones=[warmup_steps])
 
 

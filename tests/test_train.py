@@ -1,0 +1,101 @@
+"""The training loop's pieces against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from lbt_study.config import TrainConfig, parse_config
+from lbt_study.errors import UserError
+from lbt_study.train import IndexStream, eval_steps, make_scheduler, run_training
+
+
+def lrs(total, warmup, kind, lr=1.0):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = make_scheduler(opt, total, warmup, kind)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_linear_warmup_then_cosine():
+    got = lrs(total=10, warmup=4, kind="cosine")
+    warm = [1 / 4, 2 / 4, 3 / 4, 1.0]  # lr/warmup, rising linearly to lr
+    cos = [0.5 * (1 + math.cos(math.pi * i / 6)) for i in range(1, 6)]
+    assert got[:4] == pytest.approx(warm)
+    assert got[4:9] == pytest.approx([1.0, *cos[:4]][:5])
+    assert got[-1] == pytest.approx(cos[4])
+
+
+def test_constant_schedule_without_warmup():
+    assert lrs(total=5, warmup=0, kind="constant", lr=0.3) == pytest.approx([0.3] * 5)
+
+
+@pytest.mark.parametrize("exponent,expected", [(1.0, 0.4), (0.5, 0.2), (0.0, 0.1)])
+def test_lr_scaling_rules(exponent, expected):
+    cfg = TrainConfig(batch_size=1024, base_lr=0.1, lr_ref_batch_size=256,
+                      lr_scaling_exponent=exponent)
+    assert cfg.learning_rate == pytest.approx(expected)
+
+
+def test_exactly_one_of_lr_and_base_lr():
+    with pytest.raises(UserError, match="exactly one of lr or base_lr"):
+        parse_config({"batch_size": 32, "lr": 0.1, "base_lr": 0.1})
+    with pytest.raises(UserError, match="exactly one of lr or base_lr"):
+        parse_config({"batch_size": 32})
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(UserError, match="batchsize: unknown key"):
+        parse_config({"batchsize": 32, "lr": 0.1})
+
+
+def test_eval_steps_cross_each_multiple_of_the_interval():
+    # B=300, every 1000 examples: crossings after steps 4 (1200), 7 (2100), 10 (3000)
+    assert eval_steps(total_steps=11, batch_size=300, every_examples=1000) == {0, 4, 7, 10, 11}
+
+
+def test_index_stream_covers_each_epoch_once_and_crosses_epochs():
+    stream = IndexStream(n=10, seed=0)
+    first = torch.cat([stream.take(4), stream.take(4), stream.take(2)])
+    assert sorted(first.tolist()) == list(range(10))
+    crossing = stream.take(7)
+    assert len(crossing) == 7 and len(set(crossing.tolist())) == 7
+    again = IndexStream(n=10, seed=0)
+    assert torch.equal(again.take(10), first)  # same seed, same order: workers agree
+
+
+def test_a_run_reports_examples_gap_and_throughput():
+    rows = []
+    out = run_training(TrainConfig(model="mlp", batch_size=100, lr=0.1, epochs=1,
+                                   eval_every_examples=500, norm="batch"), rows.append)
+    assert out.status == "ok" and out.steps == 15 and out.examples_seen == 1500
+    assert [r["step"] for r in rows] == [0, 5, 10, 15]
+    last = rows[-1]
+    assert last["examples_seen"] == 1500 and last["epoch"] == pytest.approx(1500 / 1437)
+    assert last["gap_accuracy"] == pytest.approx(last["train_accuracy"] - last["val_accuracy"])
+    assert last["gap_loss"] == pytest.approx(last["val_loss"] - last["train_loss"])
+    assert last["throughput"] > 0 and last["train_seconds"] > 0
+    assert math.isnan(rows[0]["throughput"])  # nothing trained before step 0
+    assert last["status"] == "ok" and rows[1]["status"] == "running"
+
+
+def test_divergence_ends_the_run_with_its_step():
+    rows = []
+    out = run_training(TrainConfig(model="mlp", batch_size=64, lr=1e6, epochs=3, norm="none"),
+                       rows.append)
+    assert out.status == "diverged"
+    assert out.diverged_step is not None and 1 <= out.diverged_step < 3 * 1437 // 64
+    assert rows[-1]["status"] == "diverged" and rows[-1]["diverged_step"] == out.diverged_step
+    assert math.isnan(rows[-1]["objective"])
+
+
+def test_warmup_not_shorter_than_training_is_refused():
+    with pytest.raises(UserError, match="warmup of 12 steps is not shorter than training"):
+        # 0.99 epochs of warmup and 1 epoch of training at B=1437/12: both round to 12 steps
+        run_training(TrainConfig(model="mlp", batch_size=120, lr=0.1, epochs=1.0,
+                                 warmup_epochs=0.99))
