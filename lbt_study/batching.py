@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from lbt_study.errors import UserError
 
-BATCH_NORMS = ("batch", "ghost_batch", "sync_batch")
+BATCH_NORMS = ("batch", "ghost_batch", "sync_batch", "hybrid")
 """Norms whose statistics are taken over the batch dimension."""
 
 
@@ -93,6 +93,6 @@ def _norm_batch_size(norm: str, micro: int, workers: int, ghost: int | None) -> 
     if norm == "sync_batch":
         # SyncBatchNorm pools statistics over all workers' micro-batches (not over accumulation).
         return micro * workers
-    if norm == "batch":
+    if norm in ("batch", "hybrid"):
         return micro
     return None

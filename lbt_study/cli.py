@@ -71,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prepare_run_dir(run_dir)
     direction = workload.objective_direction
     total = args.trials or study.trials
-    _write_meta(run_dir, study, args.spec, direction, total, workload.target)
+    target = study.target if study.target is not None else workload.target
+    _write_meta(run_dir, study, args.spec, direction, total, target)
     print(f"lbt-study: study {study.name!r}, workload {workload.name!r}, {total} trials, "
           f"objective val_{workload.objective} ({direction})\nrun directory: {run_dir}",
           flush=True)
@@ -81,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.time()
     run_study(study, run_dir, direction, trials=total, address=args.address,
               num_cpus=args.num_cpus, spec_module=module, max_trial_cpus=checked.max_trial_cpus,
+              target=target,
               progress=lambda line: print(line, flush=True))
     print(f"finished in {time.time() - t0:.0f} s\n")
     return cmd_results(argparse.Namespace(run_dir=run_dir, top=10))

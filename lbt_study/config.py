@@ -12,7 +12,7 @@ from lbt_study.norms import NORMS
 
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["cosine", "constant"]
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "lars", "lamb")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
 
@@ -38,6 +38,12 @@ class TrainConfig(BaseModel):
     lr_scaling_exponent: float = 1.0
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
+    trust_coefficient: float = Field(default=0.001, gt=0)
+    """LARS's trust coefficient (eta in You et al. 2017)."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    swa_start: float | None = Field(default=None, gt=0, lt=1)
+    """Average the weights (torch.optim.swa_utils) from this fraction of the steps on; the
+    last evaluation is of the averaged model (normalization statistics recomputed)."""
     warmup_epochs: float = Field(default=0.0, ge=0)
     schedule: str = "cosine"
 
@@ -46,6 +52,15 @@ class TrainConfig(BaseModel):
     train_eval_examples: int = Field(default=512, gt=0)
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
+    measure_gns: bool = True
+    """Gradient noise scale from worker-local vs all-reduced gradients (DDP) or micro-batch vs
+    accumulated gradients (one worker); NaN for one worker without accumulation."""
+    gns_ema: float = Field(default=0.99, ge=0, lt=1)
+    sharpness_examples: int = Field(default=0, ge=0)
+    """Top Hessian eigenvalue at the end of training on this many training examples (0: off)."""
+    sharpness_iters: int = Field(default=100, gt=0)
+    measure_flops: bool = True
+    """Count forward+backward FLOPs per example once (torch's FlopCounterMode), for MFU."""
     launcher: Literal["auto", "ray_train"] = "auto"
     """auto: a 1-worker trial trains in its Tune trial's own process (no worker group, seconds
     less fixed cost); ray_train: every trial runs a Ray Train TorchTrainer."""

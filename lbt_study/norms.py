@@ -12,6 +12,8 @@
 - ``group``: GroupNorm with ``norm_groups`` groups.
 - ``instance``: InstanceNorm2d with affine parameters (feature maps only).
 - ``none``: identity.
+- ``hybrid``: batch and layer statistics mixed by a learnable alpha = sigmoid(theta) per layer
+  (``HybridNorm``); alpha is recorded at the end of training.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from lbt_study.errors import UserError, unknown_name
 
-NORMS = ("batch", "ghost_batch", "sync_batch", "layer", "group", "instance", "none")
+NORMS = ("batch", "ghost_batch", "sync_batch", "layer", "group", "instance", "none", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ def make_norm(spec: NormSpec, num_features: int, spatial: bool) -> nn.Module:
         return SyncBatchNorm(num_features)
     if kind == "layer":
         return nn.GroupNorm(1, num_features) if spatial else nn.LayerNorm(num_features)
+    if kind == "hybrid":
+        return HybridNorm(num_features)
     if kind == "group":
         if num_features % spec.groups:
             raise UserError(
@@ -184,3 +188,52 @@ def use_torch_sync_bn(module: nn.Module) -> nn.Module:
         else:
             use_torch_sync_bn(child)
     return module
+
+
+class HybridNorm(_BatchNorm):
+    """Normalise with a learnable mix of batch and layer statistics.
+
+    With alpha = sigmoid(theta) (theta starts at 0, alpha at 0.5), the mean is
+    alpha * mu_batch + (1 - alpha) * mu_layer, and likewise the variance; mu_batch is per
+    channel over the batch (and positions), mu_layer per example over channels (and positions).
+    In eval mode the batch part uses running estimates, as BatchNorm does. alpha -> 1 is
+    BatchNorm, alpha -> 0 LayerNorm (with per-channel affine parameters).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps, momentum)
+        self.theta = nn.Parameter(torch.zeros(()))
+
+    @property
+    def alpha(self) -> float:
+        return float(torch.sigmoid(self.theta.detach()))
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        batch_dims = (0, *range(2, x.dim()))
+        if self.training:
+            var_b, mean_b = torch.var_mean(x, dim=batch_dims, correction=0)
+            with torch.no_grad():
+                n = x.numel() / x.shape[1]
+                self.running_mean.lerp_(mean_b.detach(), self.momentum)
+                self.running_var.lerp_(var_b.detach() * (n / max(n - 1, 1)), self.momentum)
+                self.num_batches_tracked += 1
+        else:
+            mean_b, var_b = self.running_mean, self.running_var
+        layer_dims = tuple(range(1, x.dim()))
+        var_l, mean_l = torch.var_mean(x, dim=layer_dims, correction=0, keepdim=True)
+        a = torch.sigmoid(self.theta)
+        mean = a * mean_b.view(shape) + (1 - a) * mean_l
+        var = a * var_b.view(shape) + (1 - a) * var_l
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def hybrid_alpha(model: nn.Module) -> float:
+    """Mean alpha over the model's HybridNorm layers (NaN if it has none)."""
+    alphas = [m.alpha for m in model.modules() if isinstance(m, HybridNorm)]
+    return sum(alphas) / len(alphas) if alphas else math.nan

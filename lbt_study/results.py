@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from lbt_study.analysis.targets import time_to_target
 from lbt_study.batching import make_batch_plan
 from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
@@ -42,6 +43,14 @@ HISTORY_COLUMNS: dict[str, str] = {
     "throughput": "training examples/s since the previous evaluation",
     "replica_spread": "max - min over DDP workers of the parameter sum (0: replicas agree)",
     "world_size": "workers in the process group, as the workers measured it",
+    "gns_simple": "gradient noise scale B_simple = tr(S)/|G|^2, in examples (NaN: unmeasurable)",
+    "gns_trace_sigma": "tr(S), per-example gradient covariance trace (EMA estimate)",
+    "gns_grad_sq": "|G|^2, squared norm of the true gradient (EMA estimate)",
+    "gns_small_batch": "the smaller batch of the two-batch-size estimate (the larger is B)",
+    "step_time_median": "median seconds per optimizer step since the previous evaluation",
+    "step_time_p90": "90th percentile of the same",
+    "peak_memory_bytes": "CUDA max allocated (GPU) or process peak RSS (CPU), so far",
+    "mfu": "model FLOPs utilisation since the previous evaluation (GPU; NaN on CPU)",
     "objective": "the workload's objective on the validation set",
 }
 
@@ -72,6 +81,27 @@ TRIALS_COLUMNS: dict[str, str] = {
     "fixed_cost_seconds": "wall_seconds - train_seconds - eval_seconds",
     "diverged_step": "step with a non-finite loss (diverged trials)",
     "evaluations": "rows in the history table",
+    "final_gns_simple": "gradient noise scale at the last evaluation",
+    "flops_per_example": "forward+backward FLOPs per training example (torch FlopCounterMode)",
+    "mfu": "model FLOPs utilisation over the whole run (GPU; NaN on CPU)",
+    "step_time_median": "median seconds per optimizer step over the run",
+    "step_time_p90": "90th percentile of the same",
+    "peak_memory_bytes": "CUDA max allocated (GPU) or process peak RSS (CPU)",
+    "sharpness": "top Hessian eigenvalue of the training loss at the end (if measured)",
+    "hybrid_alpha": "mean learnt batch-vs-layer mix of hybrid norm layers (NaN if none)",
+    "swa": "whether the final evaluation is of SWA-averaged weights",
+    "target": "the objective threshold for time-to-target (the workload's, or the study's)",
+    "reached_target": "whether an evaluation reached the target",
+    **{c: f"{c.replace('_', ' ')} (first evaluation reaching the target; NaN if never)"
+       for c in ("steps_to_target", "examples_to_target", "seconds_to_target",
+                 "gap_accuracy_at_target", "gap_loss_at_target")},
+}
+
+_FROM_LAST_ROW = {
+    "final_gns_simple": "gns_simple", "flops_per_example": "flops_per_example",
+    "mfu": "mfu_run", "step_time_median": "step_time_median_run",
+    "step_time_p90": "step_time_p90_run", "peak_memory_bytes": "peak_memory_bytes",
+    "sharpness": "sharpness", "hybrid_alpha": "hybrid_alpha", "swa": "swa",
 }
 
 
@@ -91,6 +121,7 @@ def trial_record(
     optuna_number: int | None,
     direction: str = "maximize",
     error: str | None = None,
+    target: float | None = None,
 ) -> dict[str, Any]:
     """The trials-table row for one finished trial, from its config and reported rows."""
     last = rows[-1] if rows else None
@@ -117,7 +148,24 @@ def trial_record(
         fixed_cost_seconds=wall_seconds - train_s - eval_s,
         diverged_step=last.get("diverged_step"), evaluations=len(evals),
     )
+    rec.update({col: last.get(key, math.nan) for col, key in _FROM_LAST_ROW.items()})
+    rec.update(_at_target(trial_id, evals, target, direction))
     return rec
+
+
+def _at_target(trial_id: str, evals: list[Mapping[str, Any]], target: float | None,
+               direction: str) -> dict[str, Any]:
+    cols = ("steps_to_target", "examples_to_target", "seconds_to_target",
+            "gap_accuracy_at_target", "gap_loss_at_target")
+    out: dict[str, Any] = {"target": target, "reached_target": False,
+                           **dict.fromkeys(cols, math.nan)}
+    if target is None or not evals:
+        return out
+    history = pd.DataFrame.from_records([history_record(trial_id, r) for r in evals])
+    found = time_to_target(history, target, direction).iloc[0]
+    out["reached_target"] = bool(found["reached"])
+    out.update({c: found[c] for c in cols})
+    return out
 
 
 def _derived(config: Mapping[str, Any]) -> dict[str, Any]:

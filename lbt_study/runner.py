@@ -196,8 +196,9 @@ class ResultsCallback(tune.Callback):
     """Writes the tables as trials finish and prints one progress line per finished trial."""
 
     def __init__(self, writer: ResultsWriter, search: StudySearch, study: Study,
-                 direction: str, total: int, progress: Progress) -> None:
-        self.writer, self.search, self.study = writer, search, study
+                 direction: str, total: int, progress: Progress,
+                 target: float | None = None) -> None:
+        self.writer, self.search, self.study, self.target = writer, search, study, target
         self.direction, self.total, self.progress = direction, total, progress
         self.started: dict[str, float] = {}
         self.rows: dict[str, list[Row]] = {}
@@ -246,7 +247,7 @@ class ResultsCallback(tune.Callback):
         except UserError:
             values = dict(trial.config)
         rec = trial_record(tid, values, self.rows.pop(tid, []), wall,
-                           self.search.optuna_number(tid), self.direction, error)
+                           self.search.optuna_number(tid), self.direction, error, self.target)
         self.writer.add_trial(rec)
         self.done += 1
         self.say(_progress_line(self.done, self.total, rec))
@@ -315,7 +316,7 @@ def make_search(study: Study, run_dir: Path, direction: str) -> StudySearch:
 def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None = None,
               address: str | None = None, num_cpus: int | None = None,
               spec_module: ModuleType | None = None, max_trial_cpus: int = 1,
-              progress: Progress = print) -> ResultsWriter:
+              target: float | None = None, progress: Progress = print) -> ResultsWriter:
     """Run the study to completion and return the writer holding both tables.
 
     ``max_trial_cpus`` is the largest trial (workers x cpus_per_worker) the space gives; see
@@ -330,7 +331,7 @@ def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None
     try:
         search = make_search(study, run_dir, direction)
         writer = ResultsWriter(run_dir)
-        callback = ResultsCallback(writer, search, study, direction, total, progress)
+        callback = ResultsCallback(writer, search, study, direction, total, progress, target)
         storage = str(run_dir / "ray")
         base = study.base_values()  # the trainable carries plain values, never the spec
         trainable = tune.with_resources(

@@ -64,6 +64,8 @@ class Study(BaseModel):
     sampler_seed: int = 0
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     asha: Asha | None = None
+    target: float | None = None
+    """Threshold on the objective for steps/examples/time to target (default: the workload's)."""
     initial_points: list[dict[str, Any]] = Field(default_factory=list)
     """Parameter values (by Optuna parameter name) to try first, e.g. one per normalization;
     enqueued in the Optuna study, then the sampler takes over."""

@@ -11,7 +11,9 @@ identical, all-reduced values.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,12 +22,23 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim import lr_scheduler
+from torch.optim import lr_scheduler, swa_utils
 
 from lbt_study.batching import BatchPlan, make_batch_plan
 from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
-from lbt_study.norms import NormSpec, use_torch_sync_bn
+from lbt_study.measure import (
+    GnsMeter,
+    MicroBatchGradients,
+    device_peak_flops,
+    flops_per_example,
+    gns_comm_hook,
+    gns_unmeasured,
+    peak_memory_bytes,
+    top_hessian_eigenvalue,
+)
+from lbt_study.norms import NormSpec, hybrid_alpha, use_torch_sync_bn
+from lbt_study.optim import LAMB, LARS
 from lbt_study.workload import Data, Workload, cast_inputs, get_workload
 
 Row = dict[str, float | int | str | None]
@@ -71,10 +84,25 @@ def world() -> tuple[int, int]:
 
 
 def make_optimizer(cfg: TrainConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-    lr = cfg.learning_rate
+    lr, wd = cfg.learning_rate, cfg.weight_decay
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    if cfg.optimizer == "lars":
+        return LARS(params, lr=lr, momentum=cfg.momentum, weight_decay=wd,
+                    trust_coefficient=cfg.trust_coefficient)
+    if cfg.optimizer == "lamb":
+        return LAMB(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def training_loss(cfg: TrainConfig, workload: Workload) -> Callable[[Tensor, Tensor], Tensor]:
+    """The workload's loss, with label smoothing where asked (cross-entropy workloads only)."""
+    if cfg.label_smoothing == 0:
+        return workload.loss
+    if workload.loss is not nn.functional.cross_entropy:
+        raise UserError(f"label_smoothing needs a cross-entropy loss; workload "
+                        f"{workload.name!r} uses {getattr(workload.loss, '__name__', 'another')}")
+    return functools.partial(nn.functional.cross_entropy, label_smoothing=cfg.label_smoothing)
 
 
 def make_scheduler(
@@ -155,39 +183,70 @@ class _Trainer:
             cfg.batch_size, cfg.workers, cfg.accumulation_steps, cfg.norm, cfg.ghost_batch_size
         )
         self.workload = get_workload(cfg.workload)
-        dtype = getattr(torch, cfg.dtype)
-        self.data: Data = cast_inputs(self.workload.load_data(cfg.seed), dtype)
+        self.loss = training_loss(cfg, self.workload)
+        self.data: Data = cast_inputs(self.workload.load_data(cfg.seed), getattr(torch, cfg.dtype))
         n = len(self.data.x_train)
-        self.total_steps = cfg.total_steps(n)
-        self.warmup_steps = cfg.warmup_steps(n)
+        self.total_steps, self.warmup_steps = cfg.total_steps(n), cfg.warmup_steps(n)
         if self.warmup_steps >= self.total_steps:
             raise UserError(
                 f"warmup of {self.warmup_steps} steps is not shorter than training "
                 f"({self.total_steps} steps at batch size {cfg.batch_size})"
             )
-        torch.manual_seed(cfg.seed)
-        norm = NormSpec(cfg.norm, cfg.ghost_batch_size, cfg.norm_groups)
-        model = self.workload.make_model(cfg.model, norm).to(device=device, dtype=dtype)
-        if device.type == "cuda":
-            model = use_torch_sync_bn(model)
-        self.model: nn.Module = model
-        self.ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None) \
+        self.model = self._build_model()
+        self.flops_per_example = self._count_flops()
+        self.ddp = DDP(self.model, device_ids=[device] if device.type == "cuda" else None) \
             if self.size > 1 else None
-        self.opt = make_optimizer(cfg, model.parameters())
+        self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_scheduler(self.opt, self.total_steps, self.warmup_steps, cfg.schedule)
+        self.gns, self.micro_grads = self._gns_meter()
+        self.swa = swa_utils.AveragedModel(self.model) if cfg.swa_start else None
+        self.swa_from = math.ceil((cfg.swa_start or 1.0) * self.total_steps)
         self.stream = IndexStream(n, cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        k = min(cfg.train_eval_examples, n)
-        self.train_eval_idx = torch.randperm(n, generator=gen)[:k]
-        every = cfg.eval_every_examples or n
-        self.eval_at = eval_steps(self.total_steps, cfg.batch_size, every)
+        self.train_eval_idx = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
+        self.eval_at = eval_steps(self.total_steps, cfg.batch_size, cfg.eval_every_examples or n)
+        self.peak_flops = device_peak_flops(device, cfg.dtype)
         self.train_seconds = self.eval_seconds = 0.0
-        self.interval_loss = torch.zeros(2, dtype=torch.float64, device=device)
-        self.interval_examples, self.interval_seconds = 0, 0.0
+        self.interval_loss, self.interval_times, self.all_times = [], [], []
 
-    def step(self) -> float:
+    def _build_model(self) -> nn.Module:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        norm = NormSpec(cfg.norm, cfg.ghost_batch_size, cfg.norm_groups)
+        model = self.workload.make_model(cfg.model, norm)
+        model = model.to(device=self.device, dtype=getattr(torch, cfg.dtype))
+        return use_torch_sync_bn(model) if self.device.type == "cuda" else model
+
+    def _count_flops(self) -> float:
+        """Before DDP wraps the model (a backward through it would trigger DDP's reducer)."""
+        if not self.cfg.measure_flops:
+            return math.nan
+        part = torch.arange(self.plan.micro_batch_size) % len(self.data.x_train)
+        xb, yb = self._batch(self.data.x_train, self.data.y_train, part)
+        return flops_per_example(self.model, self.loss, xb, yb)
+
+    def _gns_meter(self) -> tuple[GnsMeter | None, MicroBatchGradients | None]:
+        cfg, plan = self.cfg, self.plan
+        if not cfg.measure_gns:
+            return None, None
+        if self.ddp is not None:
+            meter = GnsMeter(plan.per_worker_batch_size, plan.global_batch_size, cfg.gns_ema,
+                             self.device)
+            self.ddp.register_comm_hook(None, gns_comm_hook(meter))
+            return meter, None
+        if plan.accumulation_steps > 1:
+            meter = GnsMeter(plan.micro_batch_size, plan.global_batch_size, cfg.gns_ema,
+                             self.device)
+            return meter, MicroBatchGradients(list(self.model.parameters()),
+                                              plan.accumulation_steps)
+        return None, None
+
+    def _batch(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return x[idx].to(self.device, non_blocking=True), y[idx].to(self.device, non_blocking=True)
+
+    def step(self) -> Tensor:
         """One optimizer update over B examples; returns this worker's mean minibatch loss."""
-        plan, data = self.plan, self.data
+        plan = self.plan
         idx = self.stream.take(plan.global_batch_size)
         mine = idx[self.rank * plan.per_worker_batch_size:][: plan.per_worker_batch_size]
         net = self.ddp or self.model
@@ -195,16 +254,22 @@ class _Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         parts = mine.split(plan.micro_batch_size)
+        if self.micro_grads is not None:
+            self.micro_grads.start_step()
         for j, part in enumerate(parts):
             last = j == len(parts) - 1
-            ctx = self.ddp.no_sync() if self.ddp is not None and not last \
-                else contextlib.nullcontext()
-            xb = data.x_train[part].to(self.device, non_blocking=True)
-            yb = data.y_train[part].to(self.device, non_blocking=True)
-            with ctx:
-                loss = self.workload.loss(net(xb), yb)
+            sync = self.ddp is None or last
+            xb, yb = self._batch(self.data.x_train, self.data.y_train, part)
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                loss = self.loss(net(xb), yb)
                 (loss / plan.accumulation_steps).backward()
+            if self.micro_grads is not None:
+                self.micro_grads.after_backward(self.gns)
             loss_sum += loss.detach().double()
+        if self.micro_grads is not None:
+            self.micro_grads.end_step(self.gns)
+        if self.gns is not None:
+            self.gns.end_step()
         self.opt.step()
         self.sched.step()
         return loss_sum / plan.accumulation_steps
@@ -216,12 +281,12 @@ class _Trainer:
             dist.all_reduce(pair)
         return (pair[0] / pair[1]).item()
 
-    def evaluation_row(self, step: int, status: str) -> Row:
+    def evaluation_row(self, step: int, status: str, model: nn.Module | None = None) -> Row:
         t0 = time.perf_counter()
-        data, wl = self.data, self.workload
-        train = evaluate(self.model, data.x_train[self.train_eval_idx],
-                         data.y_train[self.train_eval_idx], wl, self.device)
-        val = evaluate(self.model, data.x_val, data.y_val, wl, self.device)
+        model = model or self.model
+        data, wl, sub = self.data, self.workload, self.train_eval_idx
+        train = evaluate(model, data.x_train[sub], data.y_train[sub], wl, self.device)
+        val = evaluate(model, data.x_val, data.y_val, wl, self.device)
         row: Row = {"step": step, "examples_seen": step * self.plan.global_batch_size,
                     "epoch": step * self.plan.global_batch_size / len(data.x_train),
                     "lr": self.opt.param_groups[0]["lr"]}
@@ -230,16 +295,29 @@ class _Trainer:
         row["gap_loss"] = val["loss"] - train["loss"]
         if "accuracy" in val:
             row["gap_accuracy"] = train["accuracy"] - val["accuracy"]
-        n_loss = self.interval_loss[1].item()
-        row["minibatch_loss"] = self.interval_loss[0].item() / n_loss if n_loss else math.nan
-        row["throughput"] = (self.interval_examples / self.interval_seconds
-                             if self.interval_seconds > 0 else math.nan)
+        row.update(self._interval_stats())
+        row.update(self.gns.read() if self.gns is not None else gns_unmeasured())
         if self.size > 1:
             row["replica_spread"] = _replica_spread(self.model, self.device)
-        self.interval_loss.zero_()
-        self.interval_examples, self.interval_seconds = 0, 0.0
         self.eval_seconds += time.perf_counter() - t0
         return self._finish_row(row, step, status)
+
+    def _interval_stats(self) -> Row:
+        """Minibatch loss, throughput and step times since the previous evaluation."""
+        times, losses = self.interval_times, self.interval_loss
+        seconds = sum(times)
+        stats: Row = {
+            "minibatch_loss": sum(losses) / len(losses) if losses else math.nan,
+            "throughput": len(times) * self.plan.global_batch_size / seconds if seconds > 0
+            else math.nan,
+            "step_time_median": statistics.median(times) if times else math.nan,
+            "step_time_p90": _quantile(times, 0.9),
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+        }
+        stats["mfu"] = (self.flops_per_example * float(stats["throughput"])
+                        / (self.peak_flops * self.size))
+        self.interval_loss, self.interval_times = [], []
+        return stats
 
     def _finish_row(self, row: Row, step: int, status: str) -> Row:
         row.update(
@@ -247,32 +325,68 @@ class _Trainer:
             world_size=self.size, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
             train_examples=len(self.data.x_train), status=status,
             objective=row.get(f"val_{self.workload.objective}", math.nan),
+            flops_per_example=self.flops_per_example,
         )
+        return row
+
+    def timed_step(self, step: int) -> float:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        mean_loss = self.finite_mean_loss(self.step())
+        _sync(self.device)
+        dt = time.perf_counter() - t0
+        self.train_seconds += dt
+        self.interval_times.append(dt)
+        self.all_times.append(dt)
+        if self.swa is not None and step >= self.swa_from:
+            self.swa.update_parameters(self.model)
+        return mean_loss
+
+    def final_row(self) -> Row:
+        """The last evaluation: of the weight average under SWA; with sharpness if asked."""
+        model = self.model
+        if self.swa is not None:
+            data, micro = self.data, self.plan.micro_batch_size
+            batches = (data.x_train[p].to(self.device) for p in
+                       torch.arange(len(data.x_train)).split(micro))
+            swa_utils.update_bn(batches, self.swa)
+            model = self.swa.module
+        row = self.evaluation_row(self.total_steps, "ok", model)
+        run_throughput = self.total_steps * self.plan.global_batch_size / self.train_seconds
+        row["mfu_run"] = self.flops_per_example * run_throughput / (self.peak_flops * self.size)
+        row["step_time_median_run"] = statistics.median(self.all_times)
+        row["step_time_p90_run"] = _quantile(self.all_times, 0.9)
+        row["hybrid_alpha"] = hybrid_alpha(model)
+        row["swa"] = self.swa is not None
+        if self.cfg.sharpness_examples:
+            sub = self.train_eval_idx[: self.cfg.sharpness_examples]
+            xb, yb = self._batch(self.data.x_train, self.data.y_train, sub)
+            row["sharpness"] = top_hessian_eigenvalue(model, self.workload.loss, xb, yb,
+                                                      iters=self.cfg.sharpness_iters)
         return row
 
     def run(self) -> Outcome:
         self.report(self.evaluation_row(0, "running"))
         for step in range(1, self.total_steps + 1):
-            _sync(self.device)
-            t0 = time.perf_counter()
-            mean_loss = self.finite_mean_loss(self.step())
-            _sync(self.device)
-            dt = time.perf_counter() - t0
-            self.train_seconds += dt
-            self.interval_seconds += dt
-            self.interval_examples += self.plan.global_batch_size
+            mean_loss = self.timed_step(step)
             if not math.isfinite(mean_loss):
-                row = {"step": step, "examples_seen": step * self.plan.global_batch_size,
-                       "diverged_step": step}
+                seen = step * self.plan.global_batch_size
+                row = {"step": step, "examples_seen": seen, "diverged_step": step}
                 self.report(self._finish_row(row, step, "diverged"))
-                return Outcome("diverged", step, row["examples_seen"], step, self.model)
-            self.interval_loss += torch.tensor([mean_loss, 1.0], dtype=torch.float64,
-                                               device=self.device)
-            if step in self.eval_at:
-                status = "ok" if step == self.total_steps else "running"
-                self.report(self.evaluation_row(step, status))
+                return Outcome("diverged", step, seen, step, self.model)
+            self.interval_loss.append(mean_loss)
+            if step == self.total_steps:
+                self.report(self.final_row())
+            elif step in self.eval_at:
+                self.report(self.evaluation_row(step, "running"))
         return Outcome("ok", self.total_steps, self.total_steps * self.plan.global_batch_size,
                        None, self.model)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else math.nan
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
 def run_training(

@@ -100,6 +100,7 @@ class Workload:
 
 _BUILTIN: dict[str, str] = {
     "digits": "lbt_study.workloads.digits:WORKLOAD",
+    "linreg": "lbt_study.workloads.linreg:WORKLOAD",
 }
 
 

@@ -1,9 +1,10 @@
 """The embedded default: a joint batch-size study on scikit-learn's digits (CPU, minutes).
 
 Optuna's TPE searches jointly over the global batch size (16 ... 1024), the learning rate,
-the warmup length and all seven normalizations, on a small CNN. Trials whose norm is
-``sync_batch`` run as 2 data-parallel workers (Ray Train, gloo), so that SyncBN really pools
-statistics across workers; the others run as one worker. Ghost BN uses virtual batches of 16.
+the warmup length and every normalization (the seven classic ones and the hybrid), on a
+small CNN. Trials whose norm is ``sync_batch`` run as 2 data-parallel workers (Ray Train,
+gloo), so that SyncBN really pools statistics across workers; the others run as one worker.
+Ghost BN uses virtual batches of 16.
 
     lbt-study run search_spaces/digits.py
 """
@@ -43,7 +44,7 @@ study = Study(
     # Start with one trial per normalization, each at another batch size; TPE takes over after.
     initial_points=[
         {"norm": norm, "batch_size": b, "lr": 0.05, "warmup_epochs": 0.5}
-        for norm, b in zip(NORMS, BATCH_SIZES, strict=True)
+        for norm, b in zip(NORMS, BATCH_SIZES + BATCH_SIZES, strict=False)
     ],
     description="joint search over batch size, learning rate, warmup and normalization",
 )

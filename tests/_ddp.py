@@ -110,3 +110,13 @@ def sync_batch_norm_worker(rank, cases):
             sync_batch_norm_pass(module, x.chunk(WORLD_SIZE)[rank], w.chunk(WORLD_SIZE)[rank])
         )
     return results
+
+
+def gns_worker(rank, config):
+    """The last reported row of one run (gradient noise scale columns included)."""
+    from lbt_study.config import TrainConfig
+    from lbt_study.train import run_training
+
+    rows = []
+    run_training(TrainConfig(**config), rows.append)
+    return {k: v for k, v in rows[-1].items() if isinstance(v, float | int)}

@@ -43,7 +43,7 @@ def test_digits_split_is_fixed_and_stratified():
     a, b = wl.load_data(0), wl.load_data(99)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_val, b.y_val)
     assert (len(a.x_train), len(a.x_val)) == (1437, 360)
-    assert a.x_train.shape[1:] == (1, 8, 8) and 0 <= a.x_train.min() and a.x_train.max() <= 1
+    assert a.x_train.shape[1:] == (1, 8, 8) and a.x_train.min() >= 0 and a.x_train.max() <= 1
     counts = torch.bincount(a.y_val, minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37  # 20% of each class
 

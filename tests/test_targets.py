@@ -1,0 +1,238 @@
+"""time_to_target and friends on literal history tables whose answers are counted by hand."""
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal, assert_series_equal
+
+from lbt_study.analysis import final_and_at_target_gap, reached, time_to_target
+
+NAN = math.nan
+
+MEASURED = [
+    "steps_to_target", "examples_to_target", "seconds_to_target", "epoch_to_target",
+    "gap_accuracy_at_target", "gap_loss_at_target", "value_at_target",
+]
+
+
+def history() -> pd.DataFrame:
+    """Two trials, batch size 32, evaluated every 10 steps (step 0 = before training).
+
+    Trial "a" first reaches objective 0.9 at its third evaluation (step 20). Trial "b" never
+    does; its step-20 evaluation produced NaN.
+    """
+    return pd.DataFrame({
+        "trial_id": ["a"] * 4 + ["b"] * 4,
+        "step": [0, 10, 20, 30] * 2,
+        "examples_seen": [0, 320, 640, 960] * 2,
+        "epoch": [0.0, 0.5, 1.0, 1.5] * 2,
+        "train_seconds": [0.0, 0.7, 1.5, 2.2, 0.0, 0.8, 1.6, 2.4],
+        "lr": [0.1] * 8,
+        "val_loss": [2.3, 0.9, 0.3, 0.25, 2.3, 1.2, NAN, 0.6],
+        "gap_loss": [0.0, 0.05, 0.1, 0.12, 0.0, 0.02, NAN, 0.07],
+        "gap_accuracy": [0.0, 0.01, 0.03, 0.04, 0.0, 0.02, NAN, 0.05],
+        "objective": [0.1, 0.6, 0.92, 0.95, 0.1, 0.5, NAN, 0.8],
+    })
+
+
+def expected(rows: dict[str, list]) -> pd.DataFrame:
+    """A time_to_target answer: trial_id, reached, then the measured columns in order."""
+    frame = pd.DataFrame({"trial_id": rows["trial_id"], "reached": rows["reached"]})
+    for name in MEASURED:
+        frame[name] = pd.Series(rows[name], dtype="float64")
+    return frame
+
+
+NEVER = [NAN] * 7  # the measured columns of a trial that never reached the target
+
+
+def row(step, examples, seconds, epoch, gap_acc, gap_loss, value):
+    return [step, examples, seconds, epoch, gap_acc, gap_loss, value]
+
+
+def table(*trials):
+    """expected() from (trial_id, reached, measured-values) triples."""
+    rows = {"trial_id": [t[0] for t in trials], "reached": [t[1] for t in trials]}
+    for i, name in enumerate(MEASURED):
+        rows[name] = [t[2][i] for t in trials]
+    return expected(rows)
+
+
+def test_reached_maximize_minimize_and_nan():
+    values = pd.Series([0.5, NAN, 0.9, 1.0], index=[3, 1, 4, 1])
+    assert reached(values, 0.9, "maximize").tolist() == [False, False, True, True]
+    assert reached(values, 0.9, "minimize").tolist() == [True, False, True, False]
+    assert reached(values, 0.9, "maximize").index.tolist() == [3, 1, 4, 1]
+
+
+def test_reached_nullable_na_is_not_reached():
+    values = pd.Series([0.95, None, 0.5], dtype="Float64")
+    assert_series_equal(reached(values, 0.9, "maximize"), pd.Series([True, False, False]))
+
+
+def test_maximize_one_reaches_at_third_evaluation_other_never():
+    got = time_to_target(history(), 0.9, "maximize")
+    want = table(("a", True, row(20, 640, 1.5, 1.0, 0.03, 0.1, 0.92)), ("b", False, NEVER))
+    assert_frame_equal(got, want)
+
+
+def test_minimize_val_loss():
+    got = time_to_target(history(), 0.5, "minimize", metric="val_loss")
+    want = table(("a", True, row(20, 640, 1.5, 1.0, 0.03, 0.1, 0.3)), ("b", False, NEVER))
+    assert_frame_equal(got, want)
+
+
+def test_nan_evaluations_are_skipped():
+    # b: 0.5 at step 10 < 0.7, NaN at step 20 skipped, 0.8 at step 30 reaches.
+    got = time_to_target(history(), 0.7, "maximize")
+    want = table(
+        ("a", True, row(20, 640, 1.5, 1.0, 0.03, 0.1, 0.92)),
+        ("b", True, row(30, 960, 2.4, 1.5, 0.05, 0.07, 0.8)),
+    )
+    assert_frame_equal(got, want)
+    # the same with minimize: b's val_loss is NaN at step 20 and 0.6 at step 30
+    got = time_to_target(history(), 1.0, "minimize", metric="val_loss")
+    assert got["steps_to_target"].tolist() == [10.0, 30.0]
+
+
+def test_target_met_at_step_zero_counts():
+    got = time_to_target(history(), 0.1, "maximize")
+    at_zero = row(0, 0, 0.0, 0.0, 0.0, 0.0, 0.1)
+    assert_frame_equal(got, table(("a", True, at_zero), ("b", True, at_zero)))
+
+
+def test_missing_optional_columns_give_nan():
+    hist = history().drop(columns=["gap_accuracy", "gap_loss", "epoch", "train_seconds"])
+    got = time_to_target(hist, 0.9, "maximize")
+    want = table(("a", True, row(20, 640, NAN, NAN, NAN, NAN, 0.92)), ("b", False, NEVER))
+    assert_frame_equal(got, want)
+
+
+def test_trial_order_is_first_appearance_even_when_rows_interleave():
+    hist = history()
+    hist["trial_id"] = ["z"] * 4 + ["m"] * 4
+    # interleave: z0 m0 z10 m10 ...; each trial's rows stay in step order
+    hist = hist.iloc[[0, 4, 1, 5, 2, 6, 3, 7]].reset_index(drop=True)
+    late = hist.iloc[[0]].assign(trial_id="c", objective=0.99)  # a third trial, appears last
+    hist = pd.concat([hist, late], ignore_index=True)
+    got = time_to_target(hist, 0.9, "maximize")
+    assert got["trial_id"].tolist() == ["z", "m", "c"]
+    assert got["reached"].tolist() == [True, False, True]
+    assert got["steps_to_target"].tolist()[0::2] == [20.0, 0.0]
+    assert list(got.index) == [0, 1, 2]
+
+
+def test_empty_history_gives_empty_table_with_columns():
+    got = time_to_target(history().iloc[:0], 0.9, "maximize")
+    assert list(got.columns) == ["trial_id", "reached", *MEASURED]
+    assert len(got) == 0
+
+
+def test_bad_direction_raises():
+    with pytest.raises(ValueError, match=r"'maximize', 'minimize', not 'max'"):
+        time_to_target(history(), 0.9, "max")
+    with pytest.raises(ValueError, match=r"not 'Minimize'"):
+        reached(pd.Series([1.0]), 0.9, "Minimize")
+
+
+@pytest.mark.parametrize("missing", ["trial_id", "step", "examples_seen", "objective"])
+def test_missing_required_column_raises(missing):
+    hist = history().drop(columns=[missing])
+    with pytest.raises(ValueError) as info:
+        time_to_target(hist, 0.9, "maximize")
+    message = str(info.value)
+    assert f"no column {missing!r}" in message
+    assert "columns present: " + ", ".join(hist.columns) in message
+
+
+def test_missing_metric_column_raises():
+    with pytest.raises(ValueError, match=r"no column 'val_error'.*columns present: trial_id, step"):
+        time_to_target(history(), 0.1, "minimize", metric="val_error")
+
+
+def test_final_and_at_target_gap():
+    got = final_and_at_target_gap(history(), 0.9, "maximize")
+    want = pd.DataFrame({
+        "trial_id": ["a", "b"],
+        "gap_accuracy_final": [0.04, 0.05],
+        "gap_loss_final": [0.12, 0.07],
+        "gap_accuracy_at_target": [0.03, NAN],
+        "gap_loss_at_target": [0.1, NAN],
+    })
+    assert_frame_equal(got, want)
+
+
+def test_final_gap_is_last_evaluation_even_if_nan_and_missing_columns_are_nan():
+    hist = history()
+    hist.loc[7, "gap_accuracy"] = NAN  # b's last evaluation has no accuracy gap
+    got = final_and_at_target_gap(hist, 0.9, "maximize")
+    assert math.isnan(got.loc[1, "gap_accuracy_final"])  # not 0.02 from an earlier evaluation
+    got = final_and_at_target_gap(hist.drop(columns=["gap_accuracy"]), 0.9, "maximize")
+    assert got["gap_accuracy_final"].isna().all() and got["gap_accuracy_at_target"].isna().all()
+    assert got["gap_loss_final"].tolist() == [0.12, 0.07]
+
+
+def synthetic_history(trials: int = 1000, evals: int = 100) -> pd.DataFrame:
+    """trials x evals rows, all trials' step 0 first, then step 10, ... (interleaved)."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(evals) * 10
+    batch = rng.choice([32, 64, 128, 256], size=trials)
+    noise = rng.normal(0.0, 0.05, size=(evals, trials))
+    rate = rng.uniform(0.0005, 0.01, size=trials)
+    objective = 1.0 - np.exp(-rate[None, :] * steps[:, None]) + noise
+    objective[rng.random(objective.shape) < 0.05] = np.nan
+    step = np.repeat(steps, trials)
+    return pd.DataFrame({
+        "trial_id": np.tile([f"t{i:04d}" for i in range(trials)], evals),
+        "step": step,
+        "examples_seen": step * np.tile(batch, evals),
+        "epoch": step * np.tile(batch, evals) / 50_000,
+        "train_seconds": step * 0.01 + rng.uniform(0, 0.001, size=trials * evals),
+        "gap_accuracy": rng.normal(0.02, 0.01, size=trials * evals),
+        "gap_loss": rng.normal(0.1, 0.02, size=trials * evals),
+        "objective": objective.ravel(),
+    })
+
+
+def reference(hist: pd.DataFrame, trial_id: str, target: float) -> dict | None:
+    """Straightforward per-trial loop over rows: the first row with objective >= target."""
+    for rec in hist[hist["trial_id"] == trial_id].to_dict("records"):
+        if not math.isnan(rec["objective"]) and rec["objective"] >= target:
+            return rec
+    return None
+
+
+def test_large_history_is_fast_and_matches_reference():
+    hist = synthetic_history()
+    assert len(hist) == 100_000
+    start = time.perf_counter()
+    got = time_to_target(hist, 0.9, "maximize")
+    gaps = final_and_at_target_gap(hist, 0.9, "maximize")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, f"took {elapsed:.2f} s"
+
+    assert len(got) == 1000 and got["trial_id"].tolist()[:3] == ["t0000", "t0001", "t0002"]
+    assert 0 < got["reached"].sum() < 1000  # both outcomes occur
+    never = got.loc[~got["reached"], MEASURED]
+    assert never.isna().all().all()
+    checked = 0
+    for i in [0, 1, 2, 17, 123, 500, 998, 999, *got.index[~got["reached"]][:3]]:
+        tid = got.loc[i, "trial_id"]
+        ref = reference(hist, tid, 0.9)
+        if ref is None:
+            assert not got.loc[i, "reached"]
+            continue
+        checked += 1
+        assert got.loc[i, "reached"]
+        assert got.loc[i, "steps_to_target"] == ref["step"]
+        assert got.loc[i, "examples_to_target"] == ref["examples_seen"]
+        assert got.loc[i, "seconds_to_target"] == ref["train_seconds"]
+        assert got.loc[i, "epoch_to_target"] == ref["epoch"]
+        assert got.loc[i, "value_at_target"] == ref["objective"]
+        assert gaps.loc[i, "gap_accuracy_at_target"] == ref["gap_accuracy"]
+        last = hist[hist["trial_id"] == tid].iloc[-1]
+        assert gaps.loc[i, "gap_loss_final"] == last["gap_loss"]
+    assert checked >= 5
