@@ -6,7 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbt_study.errors import UserError
-from lbt_study.norms import NORMS, GhostBatchNorm, NormSpec, SyncBatchNorm, make_norm
+from lbt_study.norms import (
+    NORMS,
+    GhostBatchNorm,
+    HybridNorm,
+    NormSpec,
+    SyncBatchNorm,
+    make_norm,
+)
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 SHAPES = {1: (16, 6), 2: (16, 6, 3, 3)}
@@ -131,6 +138,9 @@ def _check_normalised(kind, x, y):
     if kind == "none":
         assert torch.equal(y, x)
         return
+    if kind == "hybrid":  # pools nothing exactly at alpha = 0.5; its limits are in test_measure
+        assert torch.isfinite(y).all() and not torch.equal(y, x)
+        return
     if kind in ("batch", "sync_batch"):
         pooled = y.mean((0, *spatial))
     elif kind == "ghost_batch":
@@ -159,6 +169,8 @@ EXPECTED_TYPES = {
     ("instance", True): nn.InstanceNorm2d,
     ("none", True): nn.Identity,
     ("none", False): nn.Identity,
+    ("hybrid", True): HybridNorm,
+    ("hybrid", False): HybridNorm,
 }
 
 
@@ -182,7 +194,7 @@ def test_make_norm_builds_a_working_layer(kind, spatial):
 
 def test_every_norm_is_covered():
     assert {kind for kind, _ in EXPECTED_TYPES} == set(NORMS)
-    assert len(NORMS) == 7
+    assert len(NORMS) == 8
 
 
 def test_instance_norm_on_vector_features_raises():
