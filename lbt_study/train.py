@@ -202,6 +202,8 @@ class _Trainer:
         self.swa = swa_utils.AveragedModel(self.model) if cfg.swa_start else None
         self.swa_from = math.ceil((cfg.swa_start or 1.0) * self.total_steps)
         self.stream = IndexStream(n, cfg.seed)
+        # augmentation randomness differs between workers (they see different examples)
+        self.augment_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + self.rank)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_eval_idx = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
         self.eval_at = eval_steps(self.total_steps, cfg.batch_size, cfg.eval_every_examples or n)
@@ -260,6 +262,8 @@ class _Trainer:
             last = j == len(parts) - 1
             sync = self.ddp is None or last
             xb, yb = self._batch(self.data.x_train, self.data.y_train, part)
+            if self.workload.augment is not None:
+                xb = self.workload.augment(xb, self.augment_gen)
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 loss = self.loss(net(xb), yb)
                 (loss / plan.accumulation_steps).backward()

@@ -8,7 +8,9 @@ A workload provides
 - ``metrics``: per-example metrics, each summed over a batch, with a declared direction; the
   loss is always measured as well (as ``loss``, minimised);
 - ``objective``: the metric (on the validation set) the search optimises;
-- ``target``: an optional threshold on the objective for steps/examples/time to target.
+- ``target``: an optional threshold on the objective for steps/examples/time to target;
+- ``augment``: optional ``(x_batch, generator) -> x_batch`` applied to training micro-batches
+  only (on the training device, as tensors; e.g. random crops and flips).
 
 Built-in workloads are registered by name; a user's own is named ``package.module:attr``
 where ``attr`` is a ``Workload`` or a zero-argument function returning one.
@@ -75,6 +77,7 @@ class Workload:
     target: float | None = None
     description: str = ""
     default_model: str | None = None
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     extras: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
