@@ -47,6 +47,10 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(default=0.0, ge=0)
     schedule: str = "cosine"
 
+    batch_growth: str = ""
+    """Smith et al. 2018, grow the batch instead of decaying the lr: "f1:m1,f2:m2" multiplies
+    the batch size by m_i from fraction f_i of the example budget on (e.g. "0.5:2,0.75:4").
+    The micro-batch grows; workers and accumulation stay. A string, so Optuna can search it."""
     epochs: float = Field(default=10.0, gt=0)
     eval_every_examples: int | None = Field(default=None, gt=0)
     train_eval_examples: int = Field(default=512, gt=0)
@@ -80,6 +84,7 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"give exactly one of lr or base_lr, got lr={self.lr}, base_lr={self.base_lr}"
             )
+        self.growth_phases()  # raises on a malformed schedule
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs {self.warmup_epochs} must be shorter than training "
@@ -95,8 +100,39 @@ class TrainConfig(BaseModel):
         base = float(self.base_lr or 0.0)  # set whenever lr is not (checked in _check)
         return base * (self.batch_size / self.lr_ref_batch_size) ** self.lr_scaling_exponent
 
+    def growth_phases(self) -> list[tuple[float, int]]:
+        """[(start fraction, batch multiplier)], starting with (0.0, 1)."""
+        phases = [(0.0, 1)]
+        for part in filter(None, (p.strip() for p in self.batch_growth.split(","))):
+            try:
+                frac_text, mult_text = part.split(":")
+                frac, mult = float(frac_text), int(mult_text)
+            except ValueError:
+                raise ValueError(f"batch_growth part {part!r} is not 'fraction:multiplier', "
+                                 "e.g. '0.5:2,0.75:4'") from None
+            last_frac, last_mult = phases[-1]
+            if not (last_frac < frac < 1 and mult > last_mult):
+                raise ValueError(
+                    f"batch_growth {self.batch_growth!r}: fractions must increase within (0, 1) "
+                    f"and multipliers increase from 1, got {frac}:{mult} after "
+                    f"{last_frac}:{last_mult}")
+            phases.append((frac, mult))
+        return phases
+
+    def step_batch_sizes(self, train_examples: int) -> list[int]:
+        """The global batch size of every step: each growth phase covers its share of the
+        example budget (epochs x train_examples) in ceil(share / B_phase) steps."""
+        budget = self.epochs * train_examples
+        phases = self.growth_phases()
+        sizes: list[int] = []
+        for i, (frac, mult) in enumerate(phases):
+            end = phases[i + 1][0] if i + 1 < len(phases) else 1.0
+            batch = self.batch_size * mult
+            sizes += [batch] * max(1, math.ceil((end - frac) * budget / batch))
+        return sizes
+
     def total_steps(self, train_examples: int) -> int:
-        return max(1, math.ceil(self.epochs * train_examples / self.batch_size))
+        return len(self.step_batch_sizes(train_examples))
 
     def warmup_steps(self, train_examples: int) -> int:
         return round(self.warmup_epochs * train_examples / self.batch_size)

@@ -56,6 +56,13 @@ class GnsMeter:
         self.step_big = torch.zeros((), dtype=torch.float64, device=device)
         self.step_count = 0  # small-batch samples collected in the current step
 
+    def restart(self, small_batch: int, big_batch: int) -> None:
+        """New batch sizes (a batch-growth phase): the EMAs start again."""
+        self.small_batch, self.big_batch = small_batch, big_batch
+        for t in (self.small, self.big, self.step_small, self.step_big):
+            t.zero_()
+        self.weight, self.step_count = 0.0, 0
+
     def add_small(self, sq_norm: Tensor) -> None:
         self.step_small += sq_norm
         self.step_count += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import statistics
 import time
@@ -121,12 +122,14 @@ def make_scheduler(
     return lr_scheduler.SequentialLR(opt, [warm, main], milestones=[warmup_steps])
 
 
-def eval_steps(total_steps: int, batch_size: int, every_examples: int) -> set[int]:
-    """Steps after which to evaluate: step 0, each crossing of a multiple of
-    ``every_examples`` examples seen, and the last step."""
-    marks = {0, total_steps}
-    for s in range(1, total_steps + 1):
-        if (s * batch_size) // every_examples > ((s - 1) * batch_size) // every_examples:
+def eval_steps(examples_after: list[int], every_examples: int) -> set[int]:
+    """Steps after which to evaluate: step 0, each step whose examples seen cross a multiple
+    of ``every_examples``, and the last step. ``examples_after[s]`` is examples seen after s
+    steps (``examples_after[0] == 0``)."""
+    last = len(examples_after) - 1
+    marks = {0, last}
+    for s in range(1, last + 1):
+        if examples_after[s] // every_examples > examples_after[s - 1] // every_examples:
             marks.add(s)
     return marks
 
@@ -186,7 +189,12 @@ class _Trainer:
         self.loss = training_loss(cfg, self.workload)
         self.data: Data = cast_inputs(self.workload.load_data(cfg.seed), getattr(torch, cfg.dtype))
         n = len(self.data.x_train)
-        self.total_steps, self.warmup_steps = cfg.total_steps(n), cfg.warmup_steps(n)
+        self.step_batch = cfg.step_batch_sizes(n)  # B of each step (grows under batch_growth)
+        self.examples_after = [0, *itertools.accumulate(self.step_batch)]
+        self.total_steps, self.warmup_steps = len(self.step_batch), cfg.warmup_steps(n)
+        self.plans = {b: make_batch_plan(b, cfg.workers, cfg.accumulation_steps, cfg.norm,
+                                         cfg.ghost_batch_size) for b in set(self.step_batch)}
+        self.plan = self.plans[self.step_batch[0]]
         if self.warmup_steps >= self.total_steps:
             raise UserError(
                 f"warmup of {self.warmup_steps} steps is not shorter than training "
@@ -206,10 +214,11 @@ class _Trainer:
         self.augment_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + self.rank)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_eval_idx = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
-        self.eval_at = eval_steps(self.total_steps, cfg.batch_size, cfg.eval_every_examples or n)
+        self.eval_at = eval_steps(self.examples_after, cfg.eval_every_examples or n)
         self.peak_flops = device_peak_flops(device, cfg.dtype)
         self.train_seconds = self.eval_seconds = 0.0
         self.interval_loss, self.interval_times, self.all_times = [], [], []
+        self.interval_examples = 0
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -242,6 +251,16 @@ class _Trainer:
             return meter, MicroBatchGradients(list(self.model.parameters()),
                                               plan.accumulation_steps)
         return None, None
+
+    def _set_plan(self, step: int) -> None:
+        """The batch plan of this step; at a growth phase the noise-scale EMA restarts."""
+        plan = self.plans[self.step_batch[step - 1]]
+        if plan is self.plan:
+            return
+        self.plan = plan
+        if self.gns is not None:
+            small = plan.per_worker_batch_size if self.ddp is not None else plan.micro_batch_size
+            self.gns.restart(small, plan.global_batch_size)
 
     def _batch(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         return x[idx].to(self.device, non_blocking=True), y[idx].to(self.device, non_blocking=True)
@@ -291,9 +310,10 @@ class _Trainer:
         data, wl, sub = self.data, self.workload, self.train_eval_idx
         train = evaluate(model, data.x_train[sub], data.y_train[sub], wl, self.device)
         val = evaluate(model, data.x_val, data.y_val, wl, self.device)
-        row: Row = {"step": step, "examples_seen": step * self.plan.global_batch_size,
-                    "epoch": step * self.plan.global_batch_size / len(data.x_train),
-                    "lr": self.opt.param_groups[0]["lr"]}
+        seen = self.examples_after[step]
+        row: Row = {"step": step, "examples_seen": seen, "epoch": seen / len(data.x_train),
+                    "lr": self.opt.param_groups[0]["lr"],
+                    "batch_size_current": self.plan.global_batch_size}
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"val_{k}": v for k, v in val.items()})
         row["gap_loss"] = val["loss"] - train["loss"]
@@ -312,15 +332,14 @@ class _Trainer:
         seconds = sum(times)
         stats: Row = {
             "minibatch_loss": sum(losses) / len(losses) if losses else math.nan,
-            "throughput": len(times) * self.plan.global_batch_size / seconds if seconds > 0
-            else math.nan,
+            "throughput": self.interval_examples / seconds if seconds > 0 else math.nan,
             "step_time_median": statistics.median(times) if times else math.nan,
             "step_time_p90": _quantile(times, 0.9),
             "peak_memory_bytes": peak_memory_bytes(self.device),
         }
         stats["mfu"] = (self.flops_per_example * float(stats["throughput"])
                         / (self.peak_flops * self.size))
-        self.interval_loss, self.interval_times = [], []
+        self.interval_loss, self.interval_times, self.interval_examples = [], [], 0
         return stats
 
     def _finish_row(self, row: Row, step: int, status: str) -> Row:
@@ -334,6 +353,7 @@ class _Trainer:
         return row
 
     def timed_step(self, step: int) -> float:
+        self._set_plan(step)
         _sync(self.device)
         t0 = time.perf_counter()
         mean_loss = self.finite_mean_loss(self.step())
@@ -342,6 +362,7 @@ class _Trainer:
         self.train_seconds += dt
         self.interval_times.append(dt)
         self.all_times.append(dt)
+        self.interval_examples += self.plan.global_batch_size
         if self.swa is not None and step >= self.swa_from:
             self.swa.update_parameters(self.model)
         return mean_loss
@@ -356,7 +377,7 @@ class _Trainer:
             swa_utils.update_bn(batches, self.swa)
             model = self.swa.module
         row = self.evaluation_row(self.total_steps, "ok", model)
-        run_throughput = self.total_steps * self.plan.global_batch_size / self.train_seconds
+        run_throughput = self.examples_after[-1] / self.train_seconds
         row["mfu_run"] = self.flops_per_example * run_throughput / (self.peak_flops * self.size)
         row["step_time_median_run"] = statistics.median(self.all_times)
         row["step_time_p90_run"] = _quantile(self.all_times, 0.9)
@@ -374,7 +395,7 @@ class _Trainer:
         for step in range(1, self.total_steps + 1):
             mean_loss = self.timed_step(step)
             if not math.isfinite(mean_loss):
-                seen = step * self.plan.global_batch_size
+                seen = self.examples_after[step]
                 row = {"step": step, "examples_seen": seen, "diverged_step": step}
                 self.report(self._finish_row(row, step, "diverged"))
                 return Outcome("diverged", step, seen, step, self.model)
@@ -383,8 +404,7 @@ class _Trainer:
                 self.report(self.final_row())
             elif step in self.eval_at:
                 self.report(self.evaluation_row(step, "running"))
-        return Outcome("ok", self.total_steps, self.total_steps * self.plan.global_batch_size,
-                       None, self.model)
+        return Outcome("ok", self.total_steps, self.examples_after[-1], None, self.model)
 
 
 def _quantile(values: list[float], q: float) -> float:

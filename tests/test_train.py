@@ -56,7 +56,8 @@ def test_unknown_config_key_is_named():
 
 def test_eval_steps_cross_each_multiple_of_the_interval():
     # B=300, every 1000 examples: crossings after steps 4 (1200), 7 (2100), 10 (3000)
-    assert eval_steps(total_steps=11, batch_size=300, every_examples=1000) == {0, 4, 7, 10, 11}
+    examples_after = [300 * s for s in range(12)]
+    assert eval_steps(examples_after, every_examples=1000) == {0, 4, 7, 10, 11}
 
 
 def test_index_stream_covers_each_epoch_once_and_crosses_epochs():
@@ -99,3 +100,29 @@ def test_warmup_not_shorter_than_training_is_refused():
         # 0.99 epochs of warmup and 1 epoch of training at B=1437/12: both round to 12 steps
         run_training(TrainConfig(model="mlp", batch_size=120, lr=0.1, epochs=1.0,
                                  warmup_epochs=0.99))
+
+
+def test_batch_growth_schedule_steps_and_examples():
+    cfg = TrainConfig(batch_size=100, lr=0.1, epochs=1, batch_growth="0.5:2,0.75:4")
+    # 1000 examples: 500 at B=100 (5 steps), 250 at B=200 (2 steps), 250 at B=400 (1 step)
+    assert cfg.step_batch_sizes(1000) == [100] * 5 + [200] * 2 + [400]
+    assert cfg.total_steps(1000) == 8
+
+
+@pytest.mark.parametrize("growth", ["0.5", "0.5:2,0.4:4", "0.5:2,0.7:2", "1.5:2", "a:b"])
+def test_malformed_batch_growth_is_refused(growth):
+    with pytest.raises(UserError, match="batch_growth"):
+        parse_config({"batch_size": 32, "lr": 0.1, "batch_growth": growth})
+
+
+def test_a_growing_batch_run_reports_the_current_batch_and_examples():
+    rows = []
+    out = run_training(TrainConfig(model="mlp", batch_size=64, lr=0.05, epochs=2,
+                                   batch_growth="0.5:4", accumulation_steps=2,
+                                   eval_every_examples=500), rows.append)
+    # 1437 examples per epoch, 2874 budget: 1437 at B=64 (23 steps), 1437 at B=256 (6 steps)
+    assert out.steps == 29 and out.examples_seen == 23 * 64 + 6 * 256
+    assert rows[1]["batch_size_current"] == 64 and rows[-1]["batch_size_current"] == 256
+    assert rows[-1]["examples_seen"] == out.examples_seen
+    assert [r["examples_seen"] // 500 for r in rows[1:-1]] == list(range(1, len(rows) - 1))
+    assert rows[-1]["gns_small_batch"] == 128  # the micro-batch of the last phase
