@@ -56,6 +56,14 @@ class TrainConfig(BaseModel):
     train_eval_examples: int = Field(default=512, gt=0)
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
+    divergence_factor: float | None = Field(default=10.0, gt=1)
+    """A minibatch loss above this many times the first step's counts as diverged (besides
+    any non-finite loss); None: only non-finite losses."""
+    probe_memory: bool = True
+    """Before training on a GPU, find the largest micro-batch that fits (all workers agree),
+    keeping B by accumulation. On CPU only with ``fault_oom_above``."""
+    fault_oom_above: int | None = Field(default=None, ge=0)
+    """Testing aid: behave as if any micro-batch larger than this ran out of memory."""
     measure_gns: bool = True
     """Gradient noise scale from worker-local vs all-reduced gradients (DDP) or micro-batch vs
     accumulated gradients (one worker); NaN for one worker without accumulation."""

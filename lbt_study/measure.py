@@ -20,9 +20,10 @@ smoothed separately, as in the paper. Where the two sizes come from:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -184,21 +185,30 @@ def top_hessian_eigenvalue(
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def restored(model: nn.Module) -> Iterator[None]:
+    """Run a trial forward/backward: the model's buffers (normalization statistics) and
+    gradients are put back as they were afterwards, whatever happened inside."""
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g
+
+
 def flops_per_example(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor) -> float:
     """Forward + backward FLOPs per example, counted by torch's FlopCounterMode on one batch.
     Gradients and normalization buffers are restored afterwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    buffers = {k: b.clone() for k, b in model.named_buffers()}
-    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     counter = FlopCounterMode(display=False)
-    with counter:
+    with restored(model), counter:
         loss_fn(model(x), y).backward()
-    with torch.no_grad():
-        for k, b in model.named_buffers():
-            b.copy_(buffers[k])
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.grad = g
     return counter.get_total_flops() / len(x)
 
 

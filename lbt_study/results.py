@@ -66,7 +66,9 @@ TRIALS_COLUMNS: dict[str, str] = {
     "error": "one-line reason for failed trials",
     **{name: f"trial config: {name}" for name in TrainConfig.model_fields},
     "learning_rate": "the learning rate used (lr, or base_lr scaled to the batch size)",
-    "micro_batch_size": "examples per forward/backward on one worker",
+    "micro_batch_size": "examples per forward/backward on one worker (as run)",
+    "accumulation_steps_used": "micro-batches per worker per step as run (more than asked when "
+                               "memory forced a smaller micro-batch; B unchanged)",
     "norm_batch_size": "examples one normalization statistic sees (empty if none)",
     "total_steps": "steps the trial was configured for",
     "warmup_steps": "linear-warmup steps",
@@ -149,6 +151,11 @@ def trial_record(
         diverged_step=last.get("diverged_step"), evaluations=len(evals),
     )
     rec.update({col: last.get(key, math.nan) for col, key in _FROM_LAST_ROW.items()})
+    for key in ("micro_batch_size", "norm_batch_size"):  # as run: memory may have shrunk them
+        if key in last:
+            rec[key] = last[key]
+    rec["accumulation_steps_used"] = last.get("accumulation_steps_used",
+                                              config.get("accumulation_steps"))
     rec.update(_at_target(trial_id, evals, target, direction))
     return rec
 

@@ -36,6 +36,7 @@ from lbt_study.measure import (
     gns_comm_hook,
     gns_unmeasured,
     peak_memory_bytes,
+    restored,
     top_hessian_eigenvalue,
 )
 from lbt_study.norms import NormSpec, hybrid_alpha, use_torch_sync_bn
@@ -194,13 +195,15 @@ class _Trainer:
         self.total_steps, self.warmup_steps = len(self.step_batch), cfg.warmup_steps(n)
         self.plans = {b: make_batch_plan(b, cfg.workers, cfg.accumulation_steps, cfg.norm,
                                          cfg.ghost_batch_size) for b in set(self.step_batch)}
-        self.plan = self.plans[self.step_batch[0]]
+        self.oom_error: str | None = None
         if self.warmup_steps >= self.total_steps:
             raise UserError(
                 f"warmup of {self.warmup_steps} steps is not shorter than training "
                 f"({self.total_steps} steps at batch size {cfg.batch_size})"
             )
         self.model = self._build_model()
+        self._fit_memory()  # before DDP wraps the model: may shrink micro-batches
+        self.plan = self.plans[self.step_batch[0]]
         self.flops_per_example = self._count_flops()
         self.ddp = DDP(self.model, device_ids=[device] if device.type == "cuda" else None) \
             if self.size > 1 else None
@@ -227,6 +230,47 @@ class _Trainer:
         model = self.workload.make_model(cfg.model, norm)
         model = model.to(device=self.device, dtype=getattr(torch, cfg.dtype))
         return use_torch_sync_bn(model) if self.device.type == "cuda" else model
+
+    def _fit_memory(self) -> None:
+        """For every planned B, the largest micro-batch whose forward+backward fits on every
+        worker, keeping B by more accumulation; sets ``oom_error`` when none fits. All
+        workers try the same sizes in the same order and agree after each (a worker failing
+        alone would leave the others waiting in a collective)."""
+        cfg = self.cfg
+        if not cfg.probe_memory or (self.device.type != "cuda" and cfg.fault_oom_above is None):
+            return
+        for b, plan in sorted(self.plans.items()):
+            tried = []
+            for micro in micro_batch_candidates(plan, cfg.ghost_batch_size if
+                                                 cfg.norm == "ghost_batch" else None):
+                tried.append(micro)
+                if self._all_fit(micro):
+                    self.plans[b] = make_batch_plan(
+                        b, cfg.workers, plan.per_worker_batch_size // micro, cfg.norm,
+                        cfg.ghost_batch_size)
+                    break
+            else:
+                self.oom_error = (f"out of memory at every micro-batch for B={b}: tried "
+                                  f"{', '.join(map(str, tried))}")
+                return
+
+    def _all_fit(self, micro: int) -> bool:
+        fits = torch.tensor([1.0], device=self.device)
+        try:
+            with restored(self.model):
+                if self.cfg.fault_oom_above is not None and micro > self.cfg.fault_oom_above:
+                    raise torch.OutOfMemoryError(f"injected: micro-batch {micro} > "
+                                                 f"{self.cfg.fault_oom_above}")
+                part = torch.arange(micro) % len(self.data.x_train)
+                xb, yb = self._batch(self.data.x_train, self.data.y_train, part)
+                self.loss(self.model(xb), yb).backward()
+        except torch.OutOfMemoryError:
+            fits.zero_()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        if self.size > 1:
+            dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+        return bool(fits.item())
 
     def _count_flops(self) -> float:
         """Before DDP wraps the model (a backward through it would trigger DDP's reducer)."""
@@ -348,9 +392,24 @@ class _Trainer:
             world_size=self.size, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
             train_examples=len(self.data.x_train), status=status,
             objective=row.get(f"val_{self.workload.objective}", math.nan),
-            flops_per_example=self.flops_per_example,
+            flops_per_example=getattr(self, "flops_per_example", math.nan),
+            micro_batch_size=self.plan.micro_batch_size,
+            accumulation_steps_used=self.plan.accumulation_steps,
+            norm_batch_size=self.plan.norm_batch_size,
         )
         return row
+
+    def diverged(self, step: int, mean_loss: float) -> str | None:
+        """Why the run diverged at this step, or None."""
+        if not math.isfinite(mean_loss):
+            return f"non-finite loss at step {step}"
+        if step == 1:
+            self.first_loss = mean_loss
+        factor = self.cfg.divergence_factor
+        if factor is not None and mean_loss > factor * self.first_loss:
+            return (f"loss {mean_loss:.4g} at step {step} > {factor:g} x the first step's "
+                    f"{self.first_loss:.4g}")
+        return None
 
     def timed_step(self, step: int) -> float:
         self._set_plan(step)
@@ -391,12 +450,18 @@ class _Trainer:
         return row
 
     def run(self) -> Outcome:
+        if self.oom_error is not None:
+            row = {"step": 0, "examples_seen": 0, "error": self.oom_error}
+            self.report(self._finish_row(row, 0, "oom"))
+            return Outcome("oom", 0, 0, None, self.model)
         self.report(self.evaluation_row(0, "running"))
         for step in range(1, self.total_steps + 1):
             mean_loss = self.timed_step(step)
-            if not math.isfinite(mean_loss):
+            reason = self.diverged(step, mean_loss)
+            if reason is not None:
                 seen = self.examples_after[step]
-                row = {"step": step, "examples_seen": seen, "diverged_step": step}
+                row = {"step": step, "examples_seen": seen, "diverged_step": step,
+                       "error": reason}
                 self.report(self._finish_row(row, step, "diverged"))
                 return Outcome("diverged", step, seen, step, self.model)
             self.interval_loss.append(mean_loss)
@@ -405,6 +470,14 @@ class _Trainer:
             elif step in self.eval_at:
                 self.report(self.evaluation_row(step, "running"))
         return Outcome("ok", self.total_steps, self.examples_after[-1], None, self.model)
+
+
+def micro_batch_candidates(plan: BatchPlan, ghost: int | None) -> list[int]:
+    """Micro-batches to try, largest first: divisors of the per-worker batch not above the
+    planned micro-batch (and multiples of the ghost batch size for Ghost BN)."""
+    per_worker = plan.per_worker_batch_size
+    return [m for m in range(plan.micro_batch_size, 0, -1)
+            if per_worker % m == 0 and (ghost is None or m % ghost == 0)]
 
 
 def _quantile(values: list[float], q: float) -> float:

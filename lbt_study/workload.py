@@ -102,6 +102,8 @@ class Workload:
 
 
 _BUILTIN: dict[str, str] = {
+    "charlm": "lbt_study.workloads.charlm:WORKLOAD",
+    "cifar": "lbt_study.workloads.cifar:WORKLOAD",
     "digits": "lbt_study.workloads.digits:WORKLOAD",
     "linreg": "lbt_study.workloads.linreg:WORKLOAD",
 }

@@ -120,3 +120,14 @@ def gns_worker(rank, config):
     rows = []
     run_training(TrainConfig(**config), rows.append)
     return {k: v for k, v in rows[-1].items() if isinstance(v, float | int)}
+
+
+def oom_worker(rank, config, limits):
+    """A run where each rank has its own injected memory limit."""
+    from lbt_study.config import TrainConfig
+    from lbt_study.train import run_training
+
+    rows = []
+    out = run_training(TrainConfig(**config, fault_oom_above=limits[rank]), rows.append)
+    return {"status": out.status, "last": {k: v for k, v in rows[-1].items()
+                                           if isinstance(v, float | int)}}

@@ -17,6 +17,8 @@ def _space(trial):
         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
         "lr": trial.suggest_float("lr", 1e-3, 0.3, log=True),
         "norm": trial.suggest_categorical("norm", ["batch", "layer"]),
+        # 0: every micro-batch "runs out of memory" (an injected fault)
+        "fault_oom_above": trial.suggest_categorical("fault_oom_above", [None, 0]),
     }
 
 
@@ -29,12 +31,15 @@ def _run(study, tmp_path, ray_local):
     return trials, history, lines
 
 
-def test_study_tables_match_optuna_and_record_divergence(tmp_path, ray_local):
+def test_study_tables_match_optuna_and_record_divergence_and_oom(tmp_path, ray_local):
     study = Study(
         name="e2e", space=_space, trials=5, sampler_seed=3,
         fixed={"model": "mlp", "epochs": 1, "eval_every_examples": 512},
-        initial_points=[{"batch_size": 32, "lr": 0.1, "norm": "batch"},
-                        {"batch_size": 64, "lr": 1e4, "norm": "layer"}],  # diverges
+        initial_points=[
+            {"batch_size": 32, "lr": 0.1, "norm": "batch", "fault_oom_above": None},
+            {"batch_size": 64, "lr": 1e4, "norm": "layer", "fault_oom_above": None},  # diverges
+            {"batch_size": 64, "lr": 0.1, "norm": "layer", "fault_oom_above": 0},  # no fit
+        ],
     )
     trials, history, lines = _run(study, tmp_path, ray_local)
 
@@ -42,7 +47,9 @@ def test_study_tables_match_optuna_and_record_divergence(tmp_path, ray_local):
     by_number = trials.set_index("optuna_trial_number")
     assert by_number.loc[1, "status"] == "diverged"
     assert by_number.loc[1, "diverged_step"] >= 1
-    assert set(trials["status"]) <= {"ok", "diverged"}
+    assert by_number.loc[2, "status"] == "oom"
+    assert by_number.loc[2, "error"].startswith("out of memory at every micro-batch for B=64")
+    assert by_number.loc[0, "status"] == "ok"  # and the study went on after both
     ok = trials[trials["status"] == "ok"]
     # every finished trial evaluated at step 0, at each 512 examples and at its last step
     for row in ok.itertuples():

@@ -1,8 +1,34 @@
 """Analysis: pure functions over the result tables (trials, history) returning DataFrames;
 tested on literal tables. No Ray and no plotting: each function takes the tables as
-``lbt_study.results.load_results`` returns them and gives back a new DataFrame.
+``lbt_study.results.load_results`` returns them and gives back a new DataFrame (or a small
+frozen dataclass of DataFrames and numbers).
 """
 
+from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
+from lbt_study.analysis.frontier import steps_to_target_frontier
+from lbt_study.analysis.lr import LRScaling, lr_scaling
+from lbt_study.analysis.scaling import (
+    REGIMES,
+    CriticalBatchSize,
+    classify_regimes,
+    critical_batch_size,
+)
 from lbt_study.analysis.targets import final_and_at_target_gap, reached, time_to_target
+from lbt_study.analysis.throughput import throughput_frontier
 
-__all__ = ["final_and_at_target_gap", "reached", "time_to_target"]
+__all__ = [
+    "REGIMES",
+    "CriticalBatchSize",
+    "LRScaling",
+    "best_per_batch_size",
+    "classify_regimes",
+    "critical_batch_size",
+    "final_and_at_target_gap",
+    "gap_by_norm",
+    "lr_scaling",
+    "pareto_front",
+    "reached",
+    "steps_to_target_frontier",
+    "throughput_frontier",
+    "time_to_target",
+]

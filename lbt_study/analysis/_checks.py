@@ -1,0 +1,78 @@
+"""Argument checks and small helpers shared by the analysis modules (not public API).
+
+Every check raises ``ValueError`` naming the bad value and the allowed ones, so a misspelt
+column, direction or status fails at once instead of giving an empty or wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lbt_study.analysis.targets import DIRECTIONS
+
+
+def check_direction(direction: str, what: str = "direction") -> None:
+    """Raise unless ``direction`` is "maximize" or "minimize" (never guessed from a name)."""
+    if direction not in DIRECTIONS:
+        allowed = ", ".join(map(repr, DIRECTIONS))
+        raise ValueError(f"{what} must be one of {allowed}, not {direction!r}")
+
+
+def require(table: pd.DataFrame, columns: Iterable[str], what: str, name: str = "trials") -> None:
+    """Raise if ``table`` lacks any of ``columns``; the message lists the columns present."""
+    for column in columns:
+        if column not in table.columns:
+            present = ", ".join(map(str, table.columns)) or "(none)"
+            raise ValueError(
+                f"{what}: the {name} table has no column {column!r}; columns present: {present}"
+            )
+
+
+def check_fraction(value: float, name: str) -> None:
+    """Raise unless 0 < value < 1 (a confidence level)."""
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+
+
+def check_positive(value: float, name: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def as_list(columns: str | Sequence[str]) -> list[str]:
+    """A column name or a sequence of names, as a list."""
+    return [columns] if isinstance(columns, str) else list(columns)
+
+
+def eligible(trials: pd.DataFrame, statuses: Sequence[str] | None, what: str) -> pd.DataFrame:
+    """The rows of ``trials`` whose status is one of ``statuses`` (all rows for None)."""
+    if statuses is None:
+        return trials
+    from lbt_study.results import STATUSES  # here: results imports this package
+
+    for status in as_list(statuses):
+        if status not in STATUSES:
+            raise ValueError(
+                f"{what}: unknown status {status!r}; known: {', '.join(STATUSES)}"
+            )
+    require(trials, ["status"], what)
+    return trials[trials["status"].isin(as_list(statuses))]
+
+
+def floats(values: pd.Series) -> pd.Series:
+    """``values`` as float64 (a missing value becomes NaN), same index."""
+    return pd.to_numeric(values).astype("float64")
+
+
+def group_keys(frame: pd.DataFrame, by: list[str]) -> list[pd.Series]:
+    """Keys for ``groupby`` (a constant key for ``by=[]``: one group)."""
+    if by:
+        return [frame[c] for c in by]
+    return [pd.Series(np.zeros(len(frame), dtype=int), index=frame.index)]
+
+
+def statuses_text(statuses: Sequence[str] | None) -> str:
+    return "any status" if statuses is None else f"status in {tuple(as_list(statuses))}"
