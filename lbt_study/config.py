@@ -62,6 +62,13 @@ class TrainConfig(BaseModel):
     probe_memory: bool = True
     """Before training on a GPU, find the largest micro-batch that fits (all workers agree),
     keeping B by accumulation. On CPU only with ``fault_oom_above``."""
+    max_failures: int = Field(default=2, ge=0)
+    """Times Ray Train restarts a failed worker group from the last checkpoint."""
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
+    """Ray placement of a multi-worker trial's workers: PACK onto few nodes, or SPREAD."""
+    fault_exit_at_step: int | None = Field(default=None, ge=1)
+    """Testing aid: the last worker's process exits (once per trial) before reporting the
+    first evaluation at or after this step."""
     fault_oom_above: int | None = Field(default=None, ge=0)
     """Testing aid: behave as if any micro-batch larger than this ran out of memory."""
     measure_gns: bool = True

@@ -64,6 +64,22 @@ class GnsMeter:
             t.zero_()
         self.weight, self.step_count = 0.0, 0
 
+    def state_dict(self) -> dict[str, float]:
+        """The EMAs, with the local one averaged over workers (a collective: every worker
+        calls it). Averaging keeps every later ``read()`` unchanged, as EMAs are linear."""
+        small = self.small.clone()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(small)
+            small /= dist.get_world_size()
+        return {"small": small.item(), "big": self.big.item(), "weight": self.weight,
+                "small_batch": self.small_batch, "big_batch": self.big_batch}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.small_batch, self.big_batch = int(state["small_batch"]), int(state["big_batch"])
+        self.small.fill_(state["small"])
+        self.big.fill_(state["big"])
+        self.weight = float(state["weight"])
+
     def add_small(self, sq_norm: Tensor) -> None:
         self.step_small += sq_norm
         self.step_count += 1

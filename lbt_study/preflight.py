@@ -23,7 +23,8 @@ from lbt_study.workload import Workload, get_workload
 
 
 def suggest(study: Study, trial: Any) -> dict[str, Any]:
-    """The trial-config values the space gives for one Optuna trial (suggested + returned)."""
+    """The trial-config values the space gives for one Optuna trial: the dict it returns, or
+    its suggested parameters when it returns None."""
     try:
         returned = study.space(trial)
     except UserError:
@@ -32,7 +33,7 @@ def suggest(study: Study, trial: Any) -> dict[str, Any]:
         raise UserError(f"space function raised {type(exc).__name__}: {exc}") from None
     if returned is not None and not isinstance(returned, dict):
         raise UserError(f"space function must return a dict or None, got {type(returned).__name__}")
-    return {**trial.params, **(returned or {})}
+    return dict(trial.params) if returned is None else returned
 
 
 def check_config(values: dict[str, Any], workload: Workload, seen: set[tuple]) -> TrainConfig:

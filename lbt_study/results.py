@@ -43,6 +43,7 @@ HISTORY_COLUMNS: dict[str, str] = {
     "throughput": "training examples/s since the previous evaluation",
     "replica_spread": "max - min over DDP workers of the parameter sum (0: replicas agree)",
     "world_size": "workers in the process group, as the workers measured it",
+    "worker_nodes": "Ray node id of each worker in rank order, comma-separated",
     "gns_simple": "gradient noise scale B_simple = tr(S)/|G|^2, in examples (NaN: unmeasurable)",
     "gns_trace_sigma": "tr(S), per-example gradient covariance trace (EMA estimate)",
     "gns_grad_sq": "|G|^2, squared norm of the true gradient (EMA estimate)",
@@ -92,6 +93,7 @@ TRIALS_COLUMNS: dict[str, str] = {
     "sharpness": "top Hessian eigenvalue of the training loss at the end (if measured)",
     "hybrid_alpha": "mean learnt batch-vs-layer mix of hybrid norm layers (NaN if none)",
     "swa": "whether the final evaluation is of SWA-averaged weights",
+    "worker_nodes": "Ray node id of each worker in rank order (as the workers reported)",
     "target": "the objective threshold for time-to-target (the workload's, or the study's)",
     "reached_target": "whether an evaluation reached the target",
     **{c: f"{c.replace('_', ' ')} (first evaluation reaching the target; NaN if never)"
@@ -101,7 +103,7 @@ TRIALS_COLUMNS: dict[str, str] = {
 
 _FROM_LAST_ROW = {
     "final_gns_simple": "gns_simple", "flops_per_example": "flops_per_example",
-    "mfu": "mfu_run", "step_time_median": "step_time_median_run",
+    "mfu": "mfu_run", "step_time_median": "step_time_median_run", "worker_nodes": "worker_nodes",
     "step_time_p90": "step_time_p90_run", "peak_memory_bytes": "peak_memory_bytes",
     "sharpness": "sharpness", "hybrid_alpha": "hybrid_alpha", "swa": "swa",
 }
@@ -212,18 +214,16 @@ class ResultsWriter:
         self.trials: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
 
-    def add_history(self, rec: dict[str, Any]) -> None:
-        self.history.append(rec)
-
-    def add_trial(self, rec: dict[str, Any]) -> None:
+    def add_trial(self, rec: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """A finished trial and its evaluations, written at once."""
+        self.history.extend(history)
         self.trials.append(rec)
         self.flush()
 
     def flush(self) -> None:
-        trials = _frame(self.trials, list(TRIALS_COLUMNS))
-        history = _frame(self.history, list(HISTORY_COLUMNS))
-        write_table(trials, self.run_dir, TRIALS)
-        write_table(history, self.run_dir, HISTORY)
+        """History first: a trial in the trials file always has its history on disk."""
+        write_table(_frame(self.history, list(HISTORY_COLUMNS)), self.run_dir, HISTORY)
+        write_table(_frame(self.trials, list(TRIALS_COLUMNS)), self.run_dir, TRIALS)
 
 
 def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

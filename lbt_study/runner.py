@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from lbt_study.results import (  # noqa: E402
     trial_record,
     trial_status,
 )
-from lbt_study.spec import Study, merge_values  # noqa: E402
+from lbt_study.spec import CONFIG_KEY, Study, merge_values, space_values  # noqa: E402
 from lbt_study.train import Row, run_training  # noqa: E402
 
 SLOT = "lbt_cpu"
@@ -67,10 +68,60 @@ def _failed_row(exc: BaseException, last: Row | None) -> Row:
             "examples_seen": (last or {}).get("examples_seen", 0)}
 
 
+STATE_FILE = "state.pt"
+
+
+def _load_state(checkpoint: Any) -> dict | None:
+    """The training state in a Ray checkpoint (tensors and plain values only)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, weights_only=True)
+
+
+def _with_state(row: Row, state: dict, send: Callable[..., None], checkpoint_cls: Any) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, Path(d) / STATE_FILE)
+        send(row, checkpoint=checkpoint_cls.from_directory(d))
+
+
+def _maybe_fault(cfg: TrainConfig, row: Row, rank: int, name: str) -> None:
+    """The ``fault_exit_at_step`` testing aid: the last worker dies once, hard."""
+    if cfg.fault_exit_at_step is None or rank != cfg.workers - 1:
+        return
+    marker = Path(tempfile.gettempdir()) / f"lbt_fault_{name}_{rank}"
+    if int(row.get("step") or 0) >= cfg.fault_exit_at_step and not marker.exists():
+        marker.touch()
+        os._exit(1)
+
+
+def _worker_nodes() -> str:
+    """The Ray node id of every worker, in rank order, as the workers see them."""
+    node = ray.get_runtime_context().get_node_id()
+    if not torch.distributed.is_initialized():
+        return node
+    nodes: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(nodes, node)
+    return ",".join(str(n) for n in nodes)
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker."""
-    run_training(TrainConfig(**config), report=ray.train.report,
-                 device=ray.train.torch.get_device())
+    """Runs on each Ray Train worker; resumes from the last checkpoint after a failure."""
+    cfg = TrainConfig(**config)
+    ctx = ray.train.get_context()
+    rank, name, nodes = ctx.get_world_rank(), ctx.get_experiment_name(), _worker_nodes()
+
+    def checkpoint(row: Row, state: dict) -> None:
+        row = {**row, "worker_nodes": nodes}
+        _maybe_fault(cfg, row, rank, name)
+        if rank == 0:
+            _with_state(row, state, ray.train.report, ray.train.Checkpoint)
+        else:
+            ray.train.report(row)
+
+    run_training(cfg, report=lambda row: ray.train.report({**row, "worker_nodes": nodes}),
+                 device=ray.train.torch.get_device(), checkpoint=checkpoint,
+                 resume=_load_state(ray.train.get_checkpoint()))
 
 
 def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
@@ -82,13 +133,30 @@ def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
         train_loop_config=cfg.model_dump(),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=f"train_{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
     trainer.fit()
+
+
+def _train_in_trial(cfg: TrainConfig, report: Callable[[Row], None]) -> None:
+    """One worker, inside the Tune trial's process; Tune retries it from its checkpoint."""
+    name, nodes = tune.get_context().get_trial_id(), ray.get_runtime_context().get_node_id()
+
+    def checkpoint(row: Row, state: dict) -> None:
+        row = {**row, "worker_nodes": nodes}
+        _maybe_fault(cfg, row, 0, name)
+        _with_state(row, state, tune.report, tune.Checkpoint)
+
+    device = torch.device("cuda") if cfg.gpus_per_worker > 0 else None
+    run_training(cfg, report=lambda row: report({**row, "worker_nodes": nodes}), device=device,
+                 checkpoint=checkpoint, resume=_load_state(tune.get_checkpoint()))
 
 
 def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
@@ -101,10 +169,9 @@ def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
         tune.report(row)
 
     try:
-        cfg = parse_config(merge_values(base, config))
+        cfg = parse_config(merge_values(base, space_values(config)))
         if cfg.workers == 1 and cfg.launcher == "auto":
-            device = torch.device("cuda") if cfg.gpus_per_worker > 0 else None
-            run_training(cfg, report=report, device=device)
+            _train_in_trial(cfg, report)
         else:
             _train_with_workers(cfg, storage)
     except Exception as exc:  # a failed trial is a recorded outcome, not a crashed study
@@ -116,9 +183,9 @@ def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
 def _resources_for(config: dict[str, Any], base: dict[str, Any],
                    slots: bool) -> tune.PlacementGroupFactory:
     try:
-        values = merge_values(base, config)
+        values = merge_values(base, space_values(config))
     except UserError:
-        values = {**base, **config}  # the trial itself will fail and record why
+        values = {**base, **space_values(config)}  # the trial will fail and record why
     return trial_resources(values, slots)
 
 
@@ -144,7 +211,7 @@ class SpaceOf:
         self.study = study
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        return suggest(self.study, trial)
+        return {CONFIG_KEY: suggest(self.study, trial)}
 
 
 class StudySearch(OptunaSearch):
@@ -222,15 +289,19 @@ class ResultsCallback(tune.Callback):
         self.say(f"... {self.done}/{self.total} finished; running: {', '.join(running) or '-'}")
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.started[trial.trial_id] = time.time()
-        self.rows[trial.trial_id] = []
+        """Also called when Tune restarts a failed trial: its rows and start time stay."""
+        self.started.setdefault(trial.trial_id, time.time())
+        self.rows.setdefault(trial.trial_id, [])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        self.rows.setdefault(trial.trial_id, []).append(result)
-        rec = history_record(trial.trial_id, result)
-        if rec is not None:
-            self.writer.add_history(rec)
+        """Keep one row per step: a trial restarted from a checkpoint reports again from
+        there, replacing what it had reported after it (no gaps, no duplicates)."""
+        rows = self.rows.setdefault(trial.trial_id, [])
+        step = result.get("step")
+        if step is not None:
+            rows[:] = [r for r in rows if r.get("step") is None or r["step"] < step]
+        rows.append(result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, None)
@@ -243,12 +314,14 @@ class ResultsCallback(tune.Callback):
         tid = trial.trial_id
         wall = time.time() - self.started.get(tid, time.time())
         try:
-            values = self.study.trial_values(dict(trial.config))
+            values = self.study.trial_values(space_values(trial.config))
         except UserError:
-            values = dict(trial.config)
-        rec = trial_record(tid, values, self.rows.pop(tid, []), wall,
-                           self.search.optuna_number(tid), self.direction, error, self.target)
-        self.writer.add_trial(rec)
+            values = space_values(trial.config)
+        rows = self.rows.pop(tid, [])
+        rec = trial_record(tid, values, rows, wall, self.search.optuna_number(tid),
+                           self.direction, error, self.target)
+        history = [h for h in (history_record(tid, r) for r in rows) if h is not None]
+        self.writer.add_trial(rec, history)
         self.done += 1
         self.say(_progress_line(self.done, self.total, rec))
 
@@ -353,8 +426,11 @@ def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None
                 search_alg=search, scheduler=scheduler, num_samples=total,
                 max_concurrent_trials=limit, reuse_actors=True,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=storage, callbacks=[callback],
-                                      verbose=0),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=storage, callbacks=[callback], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=study.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            ),
         )
         tuner.fit()
         writer.flush()

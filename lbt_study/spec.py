@@ -11,8 +11,9 @@ A spec file is Python and is executed when loaded: run only specs you trust.
     study = Study(name="demo", workload="digits", space=space, trials=20,
                   fixed={"epochs": 5, "norm": "batch"})
 
-``space(trial)`` returns trial-config overrides (or None to use the suggested parameters as
-they are); ``fixed`` holds the settings shared by every trial. Both are ``TrainConfig`` fields
+``space(trial)`` returns the trial-config values (its Optuna parameters may be named freely,
+e.g. ``log_lr``), or None to use the suggested parameters as they are; ``fixed`` holds the
+settings shared by every trial. Both are ``TrainConfig`` fields
 and may not overlap.
 """
 
@@ -64,6 +65,8 @@ class Study(BaseModel):
     sampler_seed: int = 0
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     asha: Asha | None = None
+    max_failures: int = Field(default=2, ge=0)
+    """Times Tune retries a trial whose process died (from its last checkpoint)."""
     target: float | None = None
     """Threshold on the objective for steps/examples/time to target (default: the workload's)."""
     initial_points: list[dict[str, Any]] = Field(default_factory=list)
@@ -88,6 +91,16 @@ class Study(BaseModel):
     def base_values(self) -> dict[str, Any]:
         """What every trial shares: the fixed settings and the workload (plain, picklable)."""
         return {**self.fixed, "workload": self.workload}
+
+
+CONFIG_KEY = "lbt_config"
+"""Where the space's returned dict travels in a Tune config (Ray's OptunaSearch merges the
+raw Optuna parameters into the config too; those are the sampler's, not the trial's)."""
+
+
+def space_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial-config values of a Tune config: what the space returned, else its params."""
+    return dict(config.get(CONFIG_KEY, config))
 
 
 def merge_values(base: dict[str, Any], suggested: dict[str, Any]) -> dict[str, Any]:

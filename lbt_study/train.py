@@ -45,6 +45,8 @@ from lbt_study.workload import Data, Workload, cast_inputs, get_workload
 
 Row = dict[str, float | int | str | None]
 Reporter = Callable[[Row], None]
+Checkpointer = Callable[[Row, dict], None]
+"""Called instead of the reporter when checkpointing: the row and the full training state."""
 
 
 @dataclass
@@ -76,6 +78,13 @@ class IndexStream:
             self._buffer = torch.cat([self._buffer, torch.randperm(self.n, generator=self._gen)])
         out, self._buffer = self._buffer[:k], self._buffer[k:]
         return out
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self._gen.get_state(), "buffer": self._buffer.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self._gen.set_state(state["generator"])
+        self._buffer = state["buffer"].clone()
 
 
 def world() -> tuple[int, int]:
@@ -178,8 +187,10 @@ def _replica_spread(model: nn.Module, device: torch.device) -> float:
 class _Trainer:
     """State of one run; ``run()`` is the loop. Split up so each piece reads at once."""
 
-    def __init__(self, cfg: TrainConfig, report: Reporter, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, report: Reporter, device: torch.device,
+                 checkpoint: Checkpointer | None = None, resume: dict | None = None) -> None:
         self.cfg, self.report, self.device = cfg, report, device
+        self.checkpoint, self.step_no = checkpoint, 0
         self.rank, self.size = world()
         if self.size != cfg.workers:
             raise UserError(f"config asks for {cfg.workers} workers but world size is {self.size}")
@@ -202,7 +213,11 @@ class _Trainer:
                 f"({self.total_steps} steps at batch size {cfg.batch_size})"
             )
         self.model = self._build_model()
-        self._fit_memory()  # before DDP wraps the model: may shrink micro-batches
+        if resume is None:
+            self._fit_memory()  # before DDP wraps the model: may shrink micro-batches
+        else:
+            self._restore_plans(resume["micro"])
+            self.model.load_state_dict(resume["model"])
         self.plan = self.plans[self.step_batch[0]]
         self.flops_per_example = self._count_flops()
         self.ddp = DDP(self.model, device_ids=[device] if device.type == "cuda" else None) \
@@ -213,8 +228,9 @@ class _Trainer:
         self.swa = swa_utils.AveragedModel(self.model) if cfg.swa_start else None
         self.swa_from = math.ceil((cfg.swa_start or 1.0) * self.total_steps)
         self.stream = IndexStream(n, cfg.seed)
-        # augmentation randomness differs between workers (they see different examples)
-        self.augment_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + self.rank)
+        # augmentation randomness: per worker and step, from the seed alone (so a run restarted
+        # from a checkpoint draws the same crops and flips as an uninterrupted one)
+        self.augment_gen = torch.Generator(device=device)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_eval_idx = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
         self.eval_at = eval_steps(self.examples_after, cfg.eval_every_examples or n)
@@ -222,6 +238,8 @@ class _Trainer:
         self.train_seconds = self.eval_seconds = 0.0
         self.interval_loss, self.interval_times, self.all_times = [], [], []
         self.interval_examples = 0
+        if resume is not None:
+            self._load(resume)
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -253,6 +271,51 @@ class _Trainer:
                 self.oom_error = (f"out of memory at every micro-batch for B={b}: tried "
                                   f"{', '.join(map(str, tried))}")
                 return
+
+    def _restore_plans(self, micro: dict[int, int]) -> None:
+        cfg = self.cfg
+        for b, plan in self.plans.items():
+            self.plans[b] = make_batch_plan(b, cfg.workers,
+                                            plan.per_worker_batch_size // int(micro[b]),
+                                            cfg.norm, cfg.ghost_batch_size)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where this step left off (every worker
+        calls it: the noise-scale state is averaged over workers)."""
+        return {
+            "step": self.step_no, "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "swa": self.swa.state_dict() if self.swa is not None else None,
+            "stream": self.stream.state_dict(), "torch_rng": torch.get_rng_state(),
+            "gns": self.gns.state_dict() if self.gns is not None else None,
+            "micro": {b: p.micro_batch_size for b, p in self.plans.items()},
+            "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+            "first_loss": getattr(self, "first_loss", math.nan),
+            "step_times": torch.tensor(self.all_times, dtype=torch.float64),
+        }
+
+    def _load(self, state: dict) -> None:
+        self.step_no = int(state["step"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.swa is not None and state["swa"] is not None:
+            self.swa.load_state_dict(state["swa"])
+        self.stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        self._set_plan(max(self.step_no, 1))  # first: a new phase would restart the EMAs
+        if self.gns is not None and state["gns"] is not None:
+            self.gns.load_state_dict(state["gns"])
+        self.train_seconds, self.eval_seconds = state["train_seconds"], state["eval_seconds"]
+        if math.isfinite(state["first_loss"]):
+            self.first_loss = state["first_loss"]
+        self.all_times = state["step_times"].tolist()
+
+    def emit(self, row: Row) -> None:
+        """Report a row; with a checkpointer, together with the state to resume from."""
+        if self.checkpoint is not None and row["status"] in ("running", "ok"):
+            self.checkpoint(row, self.state_dict())
+        else:
+            self.report(row)
 
     def _all_fit(self, micro: int) -> bool:
         fits = torch.tensor([1.0], device=self.device)
@@ -326,6 +389,7 @@ class _Trainer:
             sync = self.ddp is None or last
             xb, yb = self._batch(self.data.x_train, self.data.y_train, part)
             if self.workload.augment is not None:
+                self.augment_gen.manual_seed(hash((self.cfg.seed, self.rank, self.step_no, j)))
                 xb = self.workload.augment(xb, self.augment_gen)
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 loss = self.loss(net(xb), yb)
@@ -412,6 +476,7 @@ class _Trainer:
         return None
 
     def timed_step(self, step: int) -> float:
+        self.step_no = step
         self._set_plan(step)
         _sync(self.device)
         t0 = time.perf_counter()
@@ -454,8 +519,10 @@ class _Trainer:
             row = {"step": 0, "examples_seen": 0, "error": self.oom_error}
             self.report(self._finish_row(row, 0, "oom"))
             return Outcome("oom", 0, 0, None, self.model)
-        self.report(self.evaluation_row(0, "running"))
-        for step in range(1, self.total_steps + 1):
+        start = self.step_no
+        if start == 0:
+            self.emit(self.evaluation_row(0, "running"))
+        for step in range(start + 1, self.total_steps + 1):
             mean_loss = self.timed_step(step)
             reason = self.diverged(step, mean_loss)
             if reason is not None:
@@ -466,9 +533,9 @@ class _Trainer:
                 return Outcome("diverged", step, seen, step, self.model)
             self.interval_loss.append(mean_loss)
             if step == self.total_steps:
-                self.report(self.final_row())
+                self.emit(self.final_row())
             elif step in self.eval_at:
-                self.report(self.evaluation_row(step, "running"))
+                self.emit(self.evaluation_row(step, "running"))
         return Outcome("ok", self.total_steps, self.examples_after[-1], None, self.model)
 
 
@@ -487,10 +554,15 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def run_training(
-    cfg: TrainConfig, report: Reporter | None = None, device: torch.device | None = None
+    cfg: TrainConfig, report: Reporter | None = None, device: torch.device | None = None,
+    checkpoint: Checkpointer | None = None, resume: dict | None = None,
 ) -> Outcome:
-    """Train one configuration on this process (one worker of a DDP group, or alone)."""
+    """Train one configuration on this process (one worker of a DDP group, or alone).
+
+    ``report(row)`` gets every evaluation; with ``checkpoint``, evaluations go to
+    ``checkpoint(row, state)`` instead, and ``resume=state`` continues from such a state.
+    """
     device = device or torch.device("cpu")
     if device.type == "cpu":
         torch.set_num_threads(cfg.cpus_per_worker)
-    return _Trainer(cfg, report or (lambda row: None), device).run()
+    return _Trainer(cfg, report or (lambda row: None), device, checkpoint, resume).run()

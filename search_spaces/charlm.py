@@ -7,8 +7,9 @@ windows of 64 characters. The model is a 2-layer, 4-head, d_model 128 pre-norm T
 normalization (LayerNorm, BatchNorm over batch x time, none). Objective: validation loss in
 nats per character (minimised); target 2.0, the workload's (``Study(target=...)`` changes it).
 
-About 28,000 training windows per epoch: a trial of 4 epochs takes minutes on one CPU and
-seconds on a GPU (add ``"gpus_per_worker": 1.0`` to ``fixed``).
+About 28,000 training windows per epoch; an epoch at B = 64 took about 2-3 minutes on two CPU
+cores, so a trial of 4 epochs takes several minutes on CPU (on a GPU, add
+``"gpus_per_worker": 1.0`` to ``fixed``).
 
     lbt-study run search_spaces/charlm.py
 """

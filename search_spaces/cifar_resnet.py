@@ -1,7 +1,7 @@
 """ResNet-18 on CIFAR-10: batch sizes 128 ... 8192, the linear vs the square-root scaling rule.
 
 Needs a GPU cluster to finish in reasonable time: a trial is 30 epochs of ResNet-18 (about
-0.56 GFLOPs per image forward, 1.5 M images); ``WORKERS`` data-parallel GPU workers per trial
+0.56 G multiply-adds per image forward, 1.5 M images), on ``WORKERS`` data-parallel GPU workers
 (4 here; edit it to match your nodes, keeping 128 / WORKERS a multiple of ``GHOST``).
 The data are the official python pickles, never downloaded by the tool:
 

@@ -118,3 +118,37 @@ def test_asha_stops_poor_trials_and_optuna_records_them_pruned(tmp_path, ray_loc
     states = {t.number: t.state for t in ot.trials}
     assert states[0] == optuna.trial.TrialState.COMPLETE
     assert states[2] == optuna.trial.TrialState.PRUNED
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(
+        tmp_path, ray_local):
+    import glob
+    import os
+    import tempfile
+
+    def space(trial):
+        return {"workers": trial.suggest_categorical("workers", [1, 2]),
+                "fault_exit_at_step": trial.suggest_categorical("fault", [None, 20])}
+
+    study = Study(
+        name="faults", space=space, trials=4,
+        fixed={"model": "mlp", "norm": "batch", "batch_size": 64, "lr": 0.05, "epochs": 2,
+               "eval_every_examples": 400, "dtype": "float64", "seed": 5},
+        initial_points=[{"workers": w, "fault": f} for w in (2, 1) for f in (20, None)],
+    )
+    try:
+        trials, history, _ = _run(study, tmp_path, ray_local)
+    finally:
+        for marker in glob.glob(os.path.join(tempfile.gettempdir(), "lbt_fault_*")):
+            os.remove(marker)
+    by_number = trials.set_index("optuna_trial_number")
+    assert (trials["status"] == "ok").all(), trials[["status", "error"]]
+    for killed, clean in ((0, 1), (2, 3)):
+        a, b = by_number.loc[killed], by_number.loc[clean]
+        for col in ("final_val_loss", "final_val_accuracy", "final_train_loss", "examples_seen"):
+            assert a[col] == b[col], col
+        steps_a = history.loc[history["trial_id"] == a["trial_id"], "step"].tolist()
+        steps_b = history.loc[history["trial_id"] == b["trial_id"], "step"].tolist()
+        assert steps_a == steps_b == sorted(set(steps_b))  # no gaps, no duplicates
+    # the killed trials really restarted: a second attempt left its marker behind
+    assert by_number.loc[0, "workers"] == 2 and by_number.loc[2, "workers"] == 1

@@ -67,7 +67,8 @@ def steps_to_target_frontier(
     check_positive(top_k, "top_k")
     check_positive(n_boot, "n_boot")
     check_fraction(ci, "ci")
-    require(trials, [*by, metric, objective, "trial_id", "reached_target"], "frontier")
+    require(trials, [*by, metric, objective, "trial_id", "reached_target"],
+            "steps_to_target_frontier")
     name = metric.removesuffix("_to_target")
     pool = eligible(trials, statuses, "steps_to_target_frontier")
     pool = pool.assign(_value=floats(pool[metric]))
@@ -84,18 +85,25 @@ def steps_to_target_frontier(
     ranges = pd.DataFrame(ranges, columns=[*by, f"{name}_lower", f"{name}_upper"])
     ranges = ranges.astype({c: trials[c].dtype for c in by})  # an empty frame is all object
 
-    counts = trials.groupby(by, dropna=False).size().rename("_all").reset_index()
-    for frame, column in ((pool, "n_trials"), (hit, "n_reached")):
-        sizes = frame.groupby(by, dropna=False).size().rename(column).reset_index()
-        counts = counts.merge(sizes, on=by, how="left")
-    out = counts.merge(best, on=by, how="left").merge(ranges, on=by, how="left")
-    out[["n_trials", "n_reached"]] = out[["n_trials", "n_reached"]].fillna(0).astype(int)
+    out = _counts(trials, pool, hit, by).merge(best, on=by, how="left")
+    out = out.merge(ranges, on=by, how="left")
     out["n_pool"] = np.minimum(out["n_reached"], top_k)
     out["reason"] = _frontier_reason(out, top_k, statuses)
     out = out.sort_values(by, kind="stable").reset_index(drop=True)
     columns = [name, f"{name}_lower", f"{name}_upper"]
     out[columns] = out[columns].astype("float64")
     return out[[*by, "trial_id", *columns, "n_trials", "n_reached", "n_pool", "reason"]]
+
+
+def _counts(trials: pd.DataFrame, pool: pd.DataFrame, hit: pd.DataFrame,
+            by: list[str]) -> pd.DataFrame:
+    """Per group of ``by`` in ``trials``: _all (any status), n_trials (in ``pool``), n_reached."""
+    counts = trials.groupby(by, dropna=False).size().rename("_all").reset_index()
+    for frame, column in ((pool, "n_trials"), (hit, "n_reached")):
+        sizes = frame.groupby(by, dropna=False).size().rename(column).reset_index()
+        counts = counts.merge(sizes, on=by, how="left")
+    counts[["n_trials", "n_reached"]] = counts[["n_trials", "n_reached"]].fillna(0).astype(int)
+    return counts
 
 
 def _min_interval(values: np.ndarray, n_boot: int, seed: int, ci: float) -> tuple[float, float]:

@@ -70,30 +70,32 @@ def lr_scaling(
     if warmup_col is not None and warmup_col in trials.columns:
         fits.append(_power_fit(points, batch_col, warmup_col, ci))
     elif warmup_col is not None:
-        fits.append(_power_fit(points.assign(**{warmup_col: math.nan}), batch_col, warmup_col,
-                               ci, f"the trials table has no {warmup_col!r} column"))
+        fits.append(_no_fit(warmup_col, 0, f"the trials table has no {warmup_col!r} column"))
     frame = pd.DataFrame(fits)
     for column in RULES:
         frame[column] = frame[column].astype("boolean")
     return LRScaling(fits=frame, points=points, ci=ci)
 
 
-def _power_fit(points: pd.DataFrame, x_col: str, y_col: str, ci: float,
-               note: str | None = None) -> dict:
+def _no_fit(parameter: str, n_points: int, reason: str | None) -> dict:
+    """A row of ``LRScaling.fits`` with every value NaN and the reason."""
+    return {"parameter": parameter, "exponent": math.nan, "exponent_lower": math.nan,
+            "exponent_upper": math.nan, "coefficient": math.nan, "r_squared": math.nan,
+            "n_points": n_points, **dict.fromkeys(RULES, pd.NA), "reason": reason}
+
+
+def _power_fit(points: pd.DataFrame, x_col: str, y_col: str, ci: float) -> dict:
     """OLS fit of log(y) = a + k log(x), as one row of ``LRScaling.fits``."""
     x, y = floats(points[x_col]), floats(points[y_col])
     keep = (x > 0) & (y > 0)
     left_out = int((~keep).sum())
-    if left_out and note is None:
-        note = (f"{left_out} of {len(points)} best trials left out ({y_col} or {x_col} "
-                "missing or not > 0)")
-    row = {"parameter": y_col, "exponent": math.nan, "exponent_lower": math.nan,
-           "exponent_upper": math.nan, "coefficient": math.nan, "r_squared": math.nan,
-           "n_points": int(keep.sum()), **dict.fromkeys(RULES, pd.NA)}
+    note = (f"{left_out} of {len(points)} best trials left out ({y_col} or {x_col} missing "
+            "or not > 0)" if left_out else None)
     lx, ly = np.log(x[keep].to_numpy()), np.log(y[keep].to_numpy())
     if len(lx) < 2:
-        return {**row, "reason": _join(note, f"{len(lx)} batch sizes to fit; k needs 2")}
+        return _no_fit(y_col, len(lx), _join(note, f"{len(lx)} batch sizes to fit; k needs 2"))
     fit = stats.linregress(lx, ly)
+    row = _no_fit(y_col, len(lx), note)
     row.update(exponent=fit.slope, coefficient=math.exp(fit.intercept),
                r_squared=fit.rvalue**2)
     if len(lx) < 3:
@@ -102,7 +104,7 @@ def _power_fit(points: pd.DataFrame, x_col: str, y_col: str, ci: float,
     lower, upper = fit.slope - half, fit.slope + half
     row.update(exponent_lower=lower, exponent_upper=upper)
     row.update({name: bool(lower <= k <= upper) for name, k in RULES.items()})
-    return {**row, "reason": note}
+    return row
 
 
 def _join(*parts: str | None) -> str:

@@ -159,7 +159,9 @@ def critical_batch_size(
     where S(B) >= (1 + excess) S0 B0 / B. Between the last point below and the first at or
     above, log S is taken as linear in log B (the straight segment of the log-log plot) and
     the crossing solved on it. NaN with a reason when no point exceeds it.
-    Points used: steps and batch size finite and > 0. ``gns`` (e.g. the median
+    The two answer different questions: an exact McCandlish curve crosses the 20% line at B =
+    1.2 B0 + 0.2 B_crit, so it sits far below B_crit and moves with the smallest batch size
+    measured. Points used: steps and batch size finite and > 0. ``gns`` (e.g. the median
     final_gns_simple of the frontier's trials) is carried beside them.
 
     ``points``: one row per frontier row sorted by batch size: batch_size, steps, examples

@@ -1,0 +1,221 @@
+"""Steps-to-target frontier, regimes and critical batch size, checked against hand answers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+
+from lbt_study.analysis import (
+    REGIMES,
+    classify_regimes,
+    critical_batch_size,
+    steps_to_target_frontier,
+)
+
+NAN = math.nan
+PERFECT, DIMINISHING, MAXIMAL = REGIMES
+
+
+def trials() -> pd.DataFrame:
+    """Batch size 32: four ok trials reach the target (b and d tie at 80 steps, d has the
+    better objective), e never does, f diverged after reaching it fastest. 64: one trial
+    reaches it. 128: two ok trials never do. 256: only an out-of-memory trial."""
+    return pd.DataFrame({
+        "trial_id": list("abcdefghij"),
+        "status": ["ok"] * 5 + ["diverged", "ok", "ok", "ok", "oom"],
+        "batch_size": [32] * 6 + [64, 128, 128, 256],
+        "final_objective": [0.90, 0.91, 0.92, 0.95, 0.50, 0.93, 0.90, 0.40, 0.45, NAN],
+        "reached_target": [True] * 4 + [False, True, True, False, False, False],
+        "steps_to_target": [100, 80, 120, 80, NAN, 10, 50, NAN, NAN, NAN],
+        "examples_to_target": [3200, 2560, 3840, 2560, NAN, 320, 3200, NAN, NAN, NAN],
+    })
+
+
+def test_frontier_point_counts_and_reasons():
+    got = steps_to_target_frontier(trials(), "maximize")
+    assert list(got.columns) == ["batch_size", "trial_id", "steps", "steps_lower", "steps_upper",
+                                 "n_trials", "n_reached", "n_pool", "reason"]
+    assert list(got["batch_size"]) == [32, 64, 128, 256]
+    assert list(got["trial_id"].iloc[:2]) == ["d", "g"]  # d: tie at 80 broken by objective
+    assert got["steps"].iloc[:2].tolist() == [80.0, 50.0]
+    assert got["steps"].iloc[2:].isna().all()
+    assert got["n_trials"].tolist() == [5, 1, 2, 0]
+    assert got["n_reached"].tolist() == [4, 1, 0, 0]
+    assert got["n_pool"].tolist() == [3, 1, 0, 0]
+    reason = got["reason"]
+    assert pd.isna(reason[0])
+    assert "collapses to the point" in reason[1]
+    assert got.loc[1, ["steps_lower", "steps_upper"]].tolist() == [50.0, 50.0]
+    assert reason[2] == "none of the 2 trials with status in ('ok',) reached the target"
+    assert reason[3] == "no trial with status in ('ok',) (of 1 here)"
+    assert got.loc[2:, ["steps_lower", "steps_upper"]].isna().all().all()
+
+
+def test_frontier_tie_break_follows_the_direction():
+    got = steps_to_target_frontier(trials(), "minimize")
+    assert got["trial_id"].iloc[0] == "b"
+
+
+def test_frontier_counts_other_statuses_when_asked():
+    got = steps_to_target_frontier(trials(), "maximize", statuses=("ok", "diverged"))
+    assert got.loc[0, ["trial_id", "steps"]].tolist() == ["f", 10.0]
+
+
+def test_frontier_bootstrap_is_deterministic_and_holds_the_point():
+    first = steps_to_target_frontier(trials(), "maximize", seed=7)
+    assert_frame_equal(first, steps_to_target_frontier(trials(), "maximize", seed=7))
+    row = first.iloc[0]  # pool: the three fastest, 80, 80, 100
+    assert row["steps_lower"] <= row["steps"] <= row["steps_upper"] <= 100
+
+
+def test_frontier_bootstrap_interval_by_hand():
+    # Two reaching trials, 40 and 60: a resample of two misses 40 with probability 1/4, so
+    # the bootstrap minimum is 40 three times in four and 60 otherwise: [40, 60] at 95%.
+    table = pd.DataFrame({
+        "trial_id": ["x", "y", "z"], "status": "ok", "batch_size": 16,
+        "final_objective": [0.9, 0.9, 0.1], "reached_target": [True, True, False],
+        "steps_to_target": [60, 40, NAN],
+    })
+    got = steps_to_target_frontier(table, "maximize", top_k=3).iloc[0]
+    assert (got["steps"], got["steps_lower"], got["steps_upper"]) == (40, 40, 60)
+    assert "only 2 trials reached the target" in got["reason"]
+
+
+def test_frontier_of_examples():
+    got = steps_to_target_frontier(trials(), "maximize", metric="examples_to_target")
+    assert "examples" in got.columns
+    assert got["examples"].iloc[:2].tolist() == [2560.0, 3200.0]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"direction": "higher"}, "not 'higher'"),
+    ({"direction": "maximize", "metric": "steps"}, "no column 'steps'"),
+    ({"direction": "maximize", "ci": 95}, "ci must lie strictly between 0 and 1"),
+    ({"direction": "maximize", "top_k": 0}, "top_k must be > 0"),
+])
+def test_frontier_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        steps_to_target_frontier(trials(), **kwargs)
+
+
+def hand_frontier() -> pd.DataFrame:
+    """S B / (S0 B0) = 1, 1, 1.04, 1.12, 1.6, 3.04, 6.016, -, 24.576; steps fall by -, 50%,
+    48%, 46%, 29%, 5%, 1%, -, -2% (2048 has no value, so 4096 compares with 1024)."""
+    return pd.DataFrame({
+        "batch_size": [16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+        "steps": [1000, 500, 260, 140, 100, 95, 94, NAN, 96],
+    })
+
+
+def labels(regime: pd.Series) -> list:
+    return [None if pd.isna(r) else r for r in regime]
+
+
+def test_regimes_as_planted():
+    got = classify_regimes(hand_frontier())
+    assert labels(got["regime"]) == [PERFECT] * 4 + [DIMINISHING, MAXIMAL, MAXIMAL, None, MAXIMAL]
+    np.testing.assert_allclose(got["examples_ratio"].dropna(),
+                               [1, 1, 1.04, 1.12, 1.6, 3.04, 6.016, 24.576])
+    assert got["step_decrease"].iloc[1] == pytest.approx(0.5)
+    assert got["step_decrease"].iloc[8] == pytest.approx((94 - 96) / 94)
+    assert got["regime_reason"].iloc[7] == "no steps value (no trial reached the target?)"
+    assert got["regime_reason"].drop(7).isna().all()
+
+
+def test_regimes_when_4096_still_falls():
+    frame = hand_frontier()
+    frame.loc[8, "steps"] = 47  # 94 -> 47 is a 50% decrease, far from perfect: diminishing
+    assert classify_regimes(frame)["regime"].iloc[8] == DIMINISHING
+
+
+def test_regimes_per_norm_and_sorted():
+    one = hand_frontier().dropna()
+    two = pd.concat([one.assign(norm="layer"), one.assign(norm="batch")]).iloc[::-1]
+    got = classify_regimes(two, by="norm")
+    assert got["norm"].tolist() == ["batch"] * 8 + ["layer"] * 8
+    assert got["batch_size"].tolist()[:8] == one["batch_size"].tolist()
+    assert got["regime"].tolist()[:8] == got["regime"].tolist()[8:]
+    assert got["regime"].tolist()[:5] == [PERFECT] * 4 + [DIMINISHING]
+
+
+def test_regimes_reject_two_points_per_batch_size():
+    two = pd.concat([hand_frontier().assign(norm="layer"), hand_frontier().assign(norm="batch")])
+    with pytest.raises(ValueError, match="one row per batch size"):
+        classify_regimes(two)
+
+
+def mccandlish(batch: np.ndarray, s_min: float, b_crit: float) -> np.ndarray:
+    return s_min * (1 + b_crit / batch)
+
+
+POWERS = 2.0 ** np.arange(4, 13)  # 16 .. 4096
+
+
+def test_planted_critical_batch_size_recovered_within_10_percent():
+    rng = np.random.default_rng(0)
+    steps = mccandlish(POWERS, 1000, 512) * (1 + 0.03 * rng.standard_normal(len(POWERS)))
+    got = critical_batch_size(pd.DataFrame({"batch_size": POWERS, "steps": steps}))
+    assert got.b_crit_fit == pytest.approx(512, rel=0.10)
+    assert got.s_min == pytest.approx(1000, rel=0.10)
+    assert got.b_crit_fit_lower < 512 < got.b_crit_fit_upper
+    assert got.e_min == pytest.approx(got.s_min * got.b_crit_fit)
+    assert got.fit_reason is None
+
+
+def test_exact_curve_fit_and_zhang_crossing_by_hand():
+    steps = mccandlish(POWERS[:7], 1000, 256)  # 16 .. 1024
+    got = critical_batch_size(pd.DataFrame({"batch_size": POWERS[:7], "steps": steps}), gns=300)
+    assert got.b_crit_fit == pytest.approx(256, rel=1e-6)
+    assert got.s_min == pytest.approx(1000, rel=1e-6)
+    # S B / (S0 B0) = (B + 256) / 272: 320/272 < 1.2 at 64, 384/272 > 1.2 at 128. On the
+    # log-log segment between them the ratio is (320/272) (B/64)^(ln(384/320) / ln 2), which
+    # equals 1.2 at B = 64 * 2^(ln(1.2 * 272/320) / ln(384/320)).
+    by_hand = 64 * 2 ** (math.log(1.2 * 272 / 320) / math.log(384 / 320))
+    assert got.b_crit_zhang == pytest.approx(by_hand, rel=1e-12)
+    assert 64 < got.b_crit_zhang < 1.2 * 272 - 256  # below the curve's own crossing (70.4)
+    assert got.zhang_reason is None
+    table = got.estimates()
+    assert table["method"].tolist() == ["mccandlish_fit", "zhang_20pct", "gns_simple"]
+    assert table["b_crit"].iloc[2] == 300
+
+
+def test_zhang_crossing_halfway_in_log_b():
+    # ratio 1 at 64 and 1.44 at 128: ln 1.2 is half of ln 1.44, so the crossing is 64 sqrt 2
+    frame = pd.DataFrame({"batch_size": [16, 32, 64, 128], "steps": [1000, 500, 250, 180]})
+    got = critical_batch_size(frame)
+    assert got.b_crit_zhang == pytest.approx(64 * math.sqrt(2), rel=1e-12)
+    points = got.points
+    assert points["steps_perfect"].tolist() == [1000, 500, 250, 125]
+    assert points["steps_zhang"].tolist() == pytest.approx([1200, 600, 300, 150])
+    assert points["examples"].tolist() == [16000, 16000, 16000, 23040]
+
+
+def test_perfect_scaling_throughout_gives_nan_and_reasons():
+    frame = pd.DataFrame({"batch_size": POWERS, "steps": 16000 / POWERS})
+    got = critical_batch_size(frame)
+    assert math.isnan(got.b_crit_zhang) and math.isnan(got.b_crit_fit)
+    assert math.isnan(got.b_crit_fit_lower) and math.isnan(got.e_min)
+    assert "critical batch size is above it" in got.zhang_reason
+    assert "B_crit lies above it" in got.fit_reason
+    assert got.points["steps_fit"].isna().all()
+    assert got.gns_reason == "no finite gradient noise scale given"
+
+
+def test_too_few_points_and_unreached_batch_sizes():
+    frame = pd.DataFrame({"batch_size": [16, 32, 64], "steps": [1000, 600, NAN]})
+    got = critical_batch_size(frame)
+    assert math.isnan(got.b_crit_fit)
+    assert got.fit_reason == "2 batch sizes with steps > 0; the fit needs 3"
+    # 600 * 32 / 16000 = 1.2: the crossing is the measured point itself
+    assert got.b_crit_zhang == pytest.approx(32)
+    assert len(got.points) == 3 and math.isnan(got.points["examples_ratio"].iloc[2])
+
+
+def test_critical_batch_size_rejects_bad_arguments():
+    frame = pd.DataFrame({"batch_size": [16, 16], "steps": [1, 2]})
+    with pytest.raises(ValueError, match="one row per batch size"):
+        critical_batch_size(frame)
+    with pytest.raises(ValueError, match="no column 'steps_to_target'"):
+        critical_batch_size(frame, steps_col="steps_to_target")
