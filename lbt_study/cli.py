@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preflight-samples", type=int, default=64,
                      help="configs drawn from the space and checked before starting (default 64)")
 
+    resume = sub.add_parser("resume", help="continue a study whose driver died",
+                            description="Continue a study from its run directory: finished "
+                            "trials are kept, none runs twice, and the study ends with the "
+                            "number of trials first asked for. Runs the spec copy in the "
+                            "run directory (spec.py), which is Python and is executed.")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
+    resume.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
     res = sub.add_parser("results", help="print a summary of a run directory")
     res.add_argument("run_dir", type=Path)
     res.add_argument("--top", type=int, default=10, help="best trials to list (default 10)")
@@ -85,6 +94,32 @@ def cmd_run(args: argparse.Namespace) -> int:
               target=target,
               progress=lambda line: print(line, flush=True))
     print(f"finished in {time.time() - t0:.0f} s\n")
+    return cmd_results(argparse.Namespace(run_dir=run_dir, top=10))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from lbt_study.preflight import check_study
+    from lbt_study.resume import read_meta, reconcile
+    from lbt_study.spec import load_spec
+
+    _positive("--num-cpus", args.num_cpus)
+    if args.address and args.num_cpus:
+        raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
+    run_dir = args.run_dir
+    meta = read_meta(run_dir)
+    study, module = load_spec(run_dir / "spec.py")
+    checked = check_study(study)
+    state = reconcile(run_dir, meta)
+    print(f"lbt-study: resuming {meta['name']!r} in {run_dir}: {state.finished} of "
+          f"{meta['trials']} trials finished, {state.interrupted} interrupted (will be "
+          f"replaced), {state.remaining} to run", flush=True)
+    if state.remaining:
+        from lbt_study.runner import run_study
+
+        run_study(study, run_dir, meta["objective_direction"], trials=state.remaining,
+                  address=args.address, num_cpus=args.num_cpus, spec_module=module,
+                  max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
+                  progress=lambda line: print(line, flush=True), resume=True)
     return cmd_results(argparse.Namespace(run_dir=run_dir, top=10))
 
 
@@ -139,7 +174,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "results": cmd_results}[args.command](args)
+        commands = {"run": cmd_run, "resume": cmd_resume, "results": cmd_results}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"lbt-study: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

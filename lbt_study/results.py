@@ -209,10 +209,15 @@ def history_record(trial_id: str, row: Mapping[str, Any]) -> dict[str, Any] | No
 class ResultsWriter:
     """Holds the tables in memory and rewrites the files after every finished trial."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, keep_existing: bool = False) -> None:
+        """``keep_existing``: start from the tables already in ``run_dir`` (resume)."""
         self.run_dir = Path(run_dir)
         self.trials: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
+        if keep_existing and (self.run_dir / f"{TRIALS}.parquet").is_file():
+            trials, history = load_results(self.run_dir)
+            self.trials = trials.to_dict("records")
+            self.history = history.to_dict("records")
 
     def add_trial(self, rec: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """A finished trial and its evaluations, written at once."""

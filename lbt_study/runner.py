@@ -373,7 +373,9 @@ def concurrency(requested: int | None, max_trial_cpus: int, slots: bool,
     return requested
 
 
-def make_search(study: Study, run_dir: Path, direction: str) -> StudySearch:
+def make_search(study: Study, run_dir: Path, direction: str, enqueue: bool = True) -> StudySearch:
+    """OptunaSearch on the run's SQLite study (created, or loaded when it exists); the
+    initial points are enqueued only when the study is new."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
     return StudySearch(
         space=SpaceOf(study),
@@ -382,18 +384,20 @@ def make_search(study: Study, run_dir: Path, direction: str) -> StudySearch:
         sampler=optuna.samplers.TPESampler(seed=study.sampler_seed),
         study_name=study.name,
         storage=storage,
-        points_to_evaluate=list(study.initial_points) or None,
+        points_to_evaluate=(list(study.initial_points) or None) if enqueue else None,
     )
 
 
 def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None = None,
               address: str | None = None, num_cpus: int | None = None,
               spec_module: ModuleType | None = None, max_trial_cpus: int = 1,
-              target: float | None = None, progress: Progress = print) -> ResultsWriter:
+              target: float | None = None, progress: Progress = print,
+              resume: bool = False) -> ResultsWriter:
     """Run the study to completion and return the writer holding both tables.
 
     ``max_trial_cpus`` is the largest trial (workers x cpus_per_worker) the space gives; see
-    ``concurrency``.
+    ``concurrency``. With ``resume``, ``trials`` more are run on the existing Optuna study
+    and appended to the existing tables (see lbt_study.resume).
     """
     run_dir = Path(run_dir).resolve()
     total = trials or study.trials
@@ -402,10 +406,14 @@ def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None
     started_here = not ray.is_initialized()
     slots = start_ray(address, num_cpus) if started_here else SLOT in ray.cluster_resources()
     try:
-        search = make_search(study, run_dir, direction)
-        writer = ResultsWriter(run_dir)
-        callback = ResultsCallback(writer, search, study, direction, total, progress, target)
+        search = make_search(study, run_dir, direction, enqueue=not resume)
+        writer = ResultsWriter(run_dir, keep_existing=resume)
+        done = len(writer.trials)
+        callback = ResultsCallback(writer, search, study, direction, done + total, progress,
+                                   target)
+        callback.done = done
         storage = str(run_dir / "ray")
+        name = "tune" if not resume else f"tune-resume-{len(list(Path(storage).glob('tune*')))}"
         base = study.base_values()  # the trainable carries plain values, never the spec
         trainable = tune.with_resources(
             partial(_trial, base=base, storage=storage),
@@ -427,7 +435,7 @@ def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None
                 max_concurrent_trials=limit, reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name="tune", storage_path=storage, callbacks=[callback], verbose=0,
+                name=name, storage_path=storage, callbacks=[callback], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=study.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),

@@ -1,0 +1,97 @@
+"""Resuming a study whose driver died: the Optuna database and the trials table are the
+source of truth (not Tune's experiment state, which is written non-atomically and failed to
+restore with SQLite-backed OptunaSearch in 2 of 3 kill tests; see shared/RAY_NOTES.md).
+
+A trial is finished when it is in the trials table (rows are written before Optuna is told).
+An Optuna trial left RUNNING by the dead driver is either finished (in the table: Optuna is
+now told its recorded outcome) or interrupted (not in the table: told FAIL and marked
+``interrupted``; a new trial takes its place, so none runs twice and none is lost).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from lbt_study.errors import UserError
+from lbt_study.results import TRIALS, load_results
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    meta: dict[str, Any]
+    finished: int
+    remaining: int
+    completed_in_optuna: int
+    interrupted: int
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """study.json of a run directory, or a one-line error saying what is wrong."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    path = run_dir / "study.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not an lbt-study run directory (no study.json)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is corrupted: {exc}") from None
+    missing = [k for k in ("name", "trials", "objective_direction") if k not in meta]
+    if missing or not isinstance(meta.get("trials"), int):
+        raise UserError(f"{path} is corrupted: missing or invalid {missing or ['trials']}")
+    for name in ("spec.py", "optuna.db"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} is corrupted: {name} is missing")
+    return meta
+
+
+def finished_trials(run_dir: Path) -> pd.DataFrame:
+    if not (run_dir / f"{TRIALS}.parquet").is_file() and not (run_dir / f"{TRIALS}.csv").is_file():
+        return pd.DataFrame(columns=["trial_id", "optuna_trial_number", "status"])
+    try:
+        return load_results(run_dir)[0]
+    except Exception as exc:  # a damaged table is the user's to know about, not a traceback
+        raise UserError(f"{run_dir}: cannot read the trials table: {exc}") from None
+
+
+def reconcile(run_dir: Path, meta: dict[str, Any]) -> ResumeState:
+    """Settle the Optuna trials the dead driver left RUNNING; count what remains to run."""
+    table = finished_trials(run_dir)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    try:
+        study = optuna.load_study(study_name=meta["name"], storage=storage)
+    except KeyError:
+        raise UserError(f"{run_dir}/optuna.db has no study named {meta['name']!r}") from None
+    recorded = table.set_index("optuna_trial_number") if len(table) else table
+    interrupted = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if len(table) and trial.number in recorded.index:
+            _tell_recorded(study, trial, recorded.loc[trial.number])
+        else:
+            study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+            study.tell(trial.number, state=TrialState.FAIL)
+            interrupted += 1
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return ResumeState(meta, len(table), max(0, meta["trials"] - len(table)), completed,
+                       interrupted)
+
+
+def _tell_recorded(study: optuna.Study, trial: optuna.trial.FrozenTrial, rec: pd.Series) -> None:
+    number, trial_id = trial.number, trial._trial_id
+    study._storage.set_trial_user_attr(trial_id, "status", rec["status"])
+    study._storage.set_trial_user_attr(trial_id, "tune_trial_id", rec["trial_id"])
+    value = rec.get("final_objective", math.nan)
+    if rec["status"] == "ok" and isinstance(value, float) and math.isfinite(value):
+        study.tell(number, value, state=TrialState.COMPLETE)
+    elif rec["status"] == "pruned":
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        study.tell(number, state=TrialState.FAIL)
