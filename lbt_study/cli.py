@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     run.add_argument("--preflight-samples", type=int, default=64,
                      help="configs drawn from the space and checked before starting (default 64)")
+    run.add_argument("--no-report", action="store_true",
+                     help="do not write the report at the end (lbt-study report does it later)")
 
     resume = sub.add_parser("resume", help="continue a study whose driver died",
                             description="Continue a study from its run directory: finished "
@@ -53,11 +56,34 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
     resume.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    resume.add_argument("--no-report", action="store_true", help="do not write the report")
+
+    rep = sub.add_parser("report", help="write report.html, report.md and the analysis CSVs",
+                         description="Write the report of a run directory (finished, partial "
+                         "or failed) into RUN_DIR/report, or --out.")
+    rep.add_argument("run_dir", type=Path)
+    rep.add_argument("--out", type=Path, help="output directory (default RUN_DIR/report)")
 
     res = sub.add_parser("results", help="print a summary of a run directory")
     res.add_argument("run_dir", type=Path)
     res.add_argument("--top", type=int, default=10, help="best trials to list (default 10)")
     return p
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A host:port cluster address must accept a TCP connection within ``timeout`` (Ray
+    itself retries an unreachable address without end)."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--address must be 'auto' or host:port, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot reach a Ray cluster at {address}: "
+                        f"{exc.strerror or exc} (within {timeout:g} s)") from None
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -73,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _positive("--num-cpus", args.num_cpus)
     if args.address and args.num_cpus:
         raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
+    check_address(args.address)
     study, module = load_spec(args.spec)
     checked = check_study(study, samples=args.preflight_samples)
     workload = checked.workload
@@ -94,7 +121,22 @@ def cmd_run(args: argparse.Namespace) -> int:
               target=target,
               progress=lambda line: print(line, flush=True))
     print(f"finished in {time.time() - t0:.0f} s\n")
-    return cmd_results(argparse.Namespace(run_dir=run_dir, top=10))
+    return _finish(run_dir, args.no_report)
+
+
+def _finish(run_dir: Path, no_report: bool) -> int:
+    code = cmd_results(argparse.Namespace(run_dir=run_dir, top=10))
+    if not no_report:
+        cmd_report(argparse.Namespace(run_dir=run_dir, out=None))
+    return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lbt_study.report import write_report
+
+    paths = write_report(Path(args.run_dir), args.out)
+    print(f"report: {paths.html}")
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -105,6 +147,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _positive("--num-cpus", args.num_cpus)
     if args.address and args.num_cpus:
         raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
+    check_address(args.address)
     run_dir = args.run_dir
     meta = read_meta(run_dir)
     study, module = load_spec(run_dir / "spec.py")
@@ -120,7 +163,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                   address=args.address, num_cpus=args.num_cpus, spec_module=module,
                   max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
                   progress=lambda line: print(line, flush=True), resume=True)
-    return cmd_results(argparse.Namespace(run_dir=run_dir, top=10))
+    return _finish(run_dir, args.no_report)
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -174,7 +217,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "resume": cmd_resume, "results": cmd_results}
+        commands = {"run": cmd_run, "resume": cmd_resume, "results": cmd_results,
+                    "report": cmd_report}
         return commands[args.command](args)
     except UserError as exc:
         print(f"lbt-study: error: {exc}", file=sys.stderr)

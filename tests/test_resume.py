@@ -1,5 +1,6 @@
 """SIGKILL the driver mid-study, then `lbt-study resume`: nothing lost, nothing run twice."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,10 +51,8 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path):
         os.kill(driver.pid, signal.SIGKILL)  # the driver only
         driver.wait()
     finally:  # then whatever the dead driver left behind (its local Ray)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     before, _ = load_results(run_dir)
     assert 3 <= len(before) < 7
 
