@@ -152,3 +152,68 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"lbt-study: error: spec file not found: {tmp_path / 'missing.py'}"
     ]
+
+
+@pytest.mark.parametrize("fixed,fragment", [
+    ({"lr": -0.1}, "lr: Input should be greater than 0 (got -0.1)"),
+    ({"optimizer": "adam"}, "unknown optimizer 'adam'; known: sgd, adamw, lars, lamb"),
+    ({"schedule": "step"}, "unknown schedule 'step'; known: cosine, constant"),
+    ({"norm": "ghost_batch", "ghost_batch_size": 24}, "ghost_batch_size 24 does not divide the "
+                                                      "micro-batch"),
+    ({"batch_growth": "0.5:x"}, "batch_growth part '0.5:x' is not 'fraction:multiplier'"),
+])
+def test_invalid_trial_settings(capsys, write_spec, fixed, fragment):
+    fixed = {"lr": 0.1, **fixed}
+    spec = write_spec(f"""
+from lbt_study import Study
+def space(trial):
+    return {{"batch_size": trial.suggest_categorical("batch_size", [32, 64])}}
+study = Study(name="x", space=space, fixed={fixed!r})
+""")
+    code, err = run_cli(capsys, "run", str(spec))
+    assert_one_line(code, err, fragment)
+
+
+def test_unwritable_run_directory(capsys, write_spec, tmp_path):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space)\n")
+    (tmp_path / "a_file").write_text("")
+    code, err = run_cli(capsys, "run", str(spec), "--run-dir", str(tmp_path / "a_file" / "run"))
+    assert_one_line(code, err, "cannot write run directory")
+
+
+def test_unreachable_cluster_address(capsys, write_spec, tmp_path):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space)\n")
+    code, err = run_cli(capsys, "run", str(spec), "--address", "127.0.0.1:1",
+                        "--run-dir", str(tmp_path / "run"))
+    assert_one_line(code, err, "cannot reach a Ray cluster at 127.0.0.1:1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_cluster_address(capsys, write_spec):
+    spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space)\n")
+    code, err = run_cli(capsys, "run", str(spec), "--address", "localhost")
+    assert_one_line(code, err, "--address must be 'auto' or host:port, got 'localhost'")
+
+
+def test_resume_of_a_directory_that_is_not_a_study(capsys, tmp_path):
+    code, err = run_cli(capsys, "resume", str(tmp_path))
+    assert_one_line(code, err, "is not an lbt-study run directory (no study.json)")
+
+
+def test_resume_of_a_corrupted_study(capsys, tmp_path):
+    (tmp_path / "study.json").write_text('{"name": "x", "trials": ')
+    code, err = run_cli(capsys, "resume", str(tmp_path))
+    assert_one_line(code, err, "study.json is corrupted")
+
+
+def test_resume_of_a_study_without_its_database(capsys, tmp_path):
+    (tmp_path / "study.json").write_text(
+        '{"name": "x", "trials": 3, "objective_direction": "maximize"}')
+    (tmp_path / "spec.py").write_text("")
+    code, err = run_cli(capsys, "resume", str(tmp_path))
+    assert_one_line(code, err, "is corrupted: optuna.db is missing")
+
+
+def test_report_of_a_directory_that_is_not_a_run(capsys, tmp_path):
+    code, err = run_cli(capsys, "report", str(tmp_path / "nope"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
