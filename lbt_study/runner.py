@@ -22,6 +22,9 @@ from typing import Any
 # Before Ray is imported: Train's report throttle defaults to 2 s (see shared/RAY_NOTES.md).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Tune snapshots its experiment state whenever trials checkpoint often (every evaluation
+# here) and warns about it; lbt-study resumes from Optuna and its own tables instead.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
