@@ -101,22 +101,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
     check_address(args.address)
     study, module = load_spec(args.spec)
+    if args.trials:
+        study = study.model_copy(update={"trials": args.trials})
     checked = check_study(study, samples=args.preflight_samples)
     workload = checked.workload
     run_dir = args.run_dir or Path("runs") / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _prepare_run_dir(run_dir)
     direction = workload.objective_direction
-    total = args.trials or study.trials
+    total = study.total_trials
     target = study.target if study.target is not None else workload.target
-    _write_meta(run_dir, study, args.spec, direction, total, target)
-    print(f"lbt-study: study {study.name!r}, workload {workload.name!r}, {total} trials, "
-          f"objective val_{workload.objective} ({direction})\nrun directory: {run_dir}",
-          flush=True)
+    _write_meta(run_dir, study, args.spec, direction, total, target, workload.objective)
+    cells = study.cells()
+    shape = f"{total} trials" if len(cells) == 1 else \
+        f"{len(cells)} searches x {study.trials} trials = {total} trials"
+    print(f"lbt-study: study {study.name!r}, workload {workload.name!r}, {shape} "
+          f"({study.protocol} protocol, {study.sampler_name} sampler), objective "
+          f"val_{workload.objective} ({direction})\nrun directory: {run_dir}", flush=True)
 
     from lbt_study.runner import run_study  # imports Ray: only once the input is known good
 
     t0 = time.time()
-    run_study(study, run_dir, direction, trials=total, address=args.address,
+    run_study(study, run_dir, direction, address=args.address,
               num_cpus=args.num_cpus, spec_module=module, max_trial_cpus=checked.max_trial_cpus,
               target=target,
               progress=lambda line: print(line, flush=True))
@@ -151,15 +156,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = args.run_dir
     meta = read_meta(run_dir)
     study, module = load_spec(run_dir / "spec.py")
+    study = study.model_copy(update={"trials": meta.get("trials_per_search", meta["trials"])})
     checked = check_study(study)
-    state = reconcile(run_dir, meta)
+    state = reconcile(run_dir, study.cells())
     print(f"lbt-study: resuming {meta['name']!r} in {run_dir}: {state.finished} of "
           f"{meta['trials']} trials finished, {state.interrupted} interrupted (will be "
-          f"replaced), {state.remaining} to run", flush=True)
-    if state.remaining:
+          f"replaced), {state.to_run} to run", flush=True)
+    if state.to_run:
         from lbt_study.runner import run_study
 
-        run_study(study, run_dir, meta["objective_direction"], trials=state.remaining,
+        run_study(study, run_dir, meta["objective_direction"], remaining=state.remaining,
                   address=args.address, num_cpus=args.num_cpus, spec_module=module,
                   max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
                   progress=lambda line: print(line, flush=True), resume=True)
@@ -179,11 +185,14 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 
 def _write_meta(run_dir: Path, study: Any, spec: str, direction: str, total: int,
-                target: float | None) -> None:
+                target: float | None, objective: str) -> None:
     meta = {"name": study.name, "workload": study.workload, "spec": str(Path(spec).resolve()),
-            "trials": total, "fixed": study.fixed, "sampler": "TPESampler",
-            "sampler_seed": study.sampler_seed, "objective_direction": direction,
-            "target": target, "asha": study.asha.model_dump() if study.asha else None,
+            "trials": total, "trials_per_search": study.trials, "protocol": study.protocol,
+            "searches": [c.study_name for c in study.cells()], "fixed": study.fixed,
+            "sampler": study.sampler_name, "sampler_seed": study.sampler_seed,
+            "multi_objective": study.multi_objective, "objective": f"val_{objective}",
+            "objective_direction": direction, "target": target,
+            "asha": study.asha.model_dump() if study.asha else None,
             "lbt_study_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / "study.json").write_text(json.dumps(meta, indent=2, default=str))
     (run_dir / "spec.py").write_text(Path(spec).read_text())

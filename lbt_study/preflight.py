@@ -65,14 +65,18 @@ def check_study(study: Study, samples: int = 64) -> Checked:
         probe.enqueue_trial(point)
     seen: set[tuple] = set()
     max_cpus = 1
-    for _ in range(len(study.initial_points) + samples):
+    cells = study.cells()
+    draws = len(study.initial_points) + max(samples, len(cells))
+    for i in range(draws):
         trial = probe.ask()
         suggested = suggest(study, trial)
+        cell = cells[i % len(cells)]  # every cell's protocol values are checked too
         try:
-            cfg = check_config(study.trial_values(suggested), workload, seen)
+            cfg = check_config(study.trial_values(cell.apply(suggested)), workload, seen)
         except UserError as exc:
             shown = ", ".join(f"{k}={v!r}" for k, v in sorted(suggested.items()))
-            raise UserError(f"{exc} (space gave: {shown})") from None
+            where = f" in {cell.study_name}" if cell.overrides else ""
+            raise UserError(f"{exc} (space gave{where}: {shown})") from None
         max_cpus = max(max_cpus, cfg.workers * cfg.cpus_per_worker)
         probe.tell(trial, 0.0)
     return Checked(workload, max_cpus)

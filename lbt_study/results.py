@@ -62,6 +62,7 @@ FINAL_METRICS = (
 
 TRIALS_COLUMNS: dict[str, str] = {
     "trial_id": "Tune trial id",
+    "optuna_study": "Optuna study name (the study's name; name/B=.. per protocol cell)",
     "optuna_trial_number": "Optuna trial number (joins trials_dataframe's `number`)",
     "status": "ok, pruned, diverged, oom or failed",
     "error": "one-line reason for failed trials",
@@ -136,7 +137,7 @@ def trial_record(
         "trial_id": trial_id, "optuna_trial_number": optuna_number, "status": status,
         "error": error,
     }
-    rec.update({k: config.get(k) for k in TrainConfig.model_fields})
+    rec.update(_config_as_run(config))
     rec.update(_derived(config))
     evals = [r for r in rows if "val_loss" in r and r.get("status") != "failed"]
     final = evals[-1] if evals else {}
@@ -175,6 +176,15 @@ def _at_target(trial_id: str, evals: list[Mapping[str, Any]], target: float | No
     out["reached_target"] = bool(found["reached"])
     out.update({c: found[c] for c in cols})
     return out
+
+
+def _config_as_run(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Every trial-config field, defaults filled in (raw values if the config is invalid)."""
+    try:
+        return TrainConfig(**{k: v for k, v in config.items()
+                              if k in TrainConfig.model_fields}).model_dump()
+    except ValueError:
+        return {k: config.get(k) for k in TrainConfig.model_fields}
 
 
 def _derived(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,15 +22,19 @@ from optuna.trial import TrialState
 
 from lbt_study.errors import UserError
 from lbt_study.results import TRIALS, load_results
+from lbt_study.spec import Cell
 
 
 @dataclass(frozen=True)
 class ResumeState:
-    meta: dict[str, Any]
     finished: int
-    remaining: int
-    completed_in_optuna: int
+    remaining: dict[str, int]
+    """Trials still to run, by cell (Optuna study name)."""
     interrupted: int
+
+    @property
+    def to_run(self) -> int:
+        return sum(self.remaining.values())
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
@@ -62,26 +66,39 @@ def finished_trials(run_dir: Path) -> pd.DataFrame:
         raise UserError(f"{run_dir}: cannot read the trials table: {exc}") from None
 
 
-def reconcile(run_dir: Path, meta: dict[str, Any]) -> ResumeState:
-    """Settle the Optuna trials the dead driver left RUNNING; count what remains to run."""
+def reconcile(run_dir: Path, cells: list[Cell]) -> ResumeState:
+    """Settle the Optuna trials the dead driver left RUNNING in every cell's study; count
+    what remains to run in each."""
     table = finished_trials(run_dir)
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
-    try:
-        study = optuna.load_study(study_name=meta["name"], storage=storage)
-    except KeyError:
-        raise UserError(f"{run_dir}/optuna.db has no study named {meta['name']!r}") from None
-    recorded = table.set_index("optuna_trial_number") if len(table) else table
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    remaining, interrupted = {}, 0
+    for cell in cells:
+        rows = _rows_of(table, cell, single=len(cells) == 1)
+        remaining[cell.study_name] = max(0, cell.trials - len(rows))
+        if cell.study_name in names:
+            study = optuna.load_study(study_name=cell.study_name, storage=storage)
+            interrupted += _settle_running(study, rows)
+    return ResumeState(len(table), remaining, interrupted)
+
+
+def _rows_of(table: pd.DataFrame, cell: Cell, single: bool) -> pd.DataFrame:
+    if "optuna_study" not in table.columns:
+        return table if single else table.iloc[0:0]
+    return table[table["optuna_study"] == cell.study_name]
+
+
+def _settle_running(study: optuna.Study, rows: pd.DataFrame) -> int:
+    recorded = rows.set_index("optuna_trial_number")
     interrupted = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if len(table) and trial.number in recorded.index:
+        if trial.number in recorded.index:
             _tell_recorded(study, trial, recorded.loc[trial.number])
         else:
             study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
             study.tell(trial.number, state=TrialState.FAIL)
             interrupted += 1
-    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    return ResumeState(meta, len(table), max(0, meta["trials"] - len(table)), completed,
-                       interrupted)
+    return interrupted
 
 
 def _tell_recorded(study: optuna.Study, trial: optuna.trial.FrozenTrial, rec: pd.Series) -> None:

@@ -25,6 +25,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Tune snapshots its experiment state whenever trials checkpoint often (every evaluation
 # here) and warns about it; lbt-study resumes from Optuna and its own tables instead.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Multi-objective searches read seconds-to-target from the driver's record of the whole
+# trial (StudySearch.recorder), not from each reported row, which Tune would insist on.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -45,9 +48,8 @@ from lbt_study.results import (  # noqa: E402
     ResultsWriter,
     history_record,
     trial_record,
-    trial_status,
 )
-from lbt_study.spec import CONFIG_KEY, Study, merge_values, space_values  # noqa: E402
+from lbt_study.spec import CONFIG_KEY, Cell, Study, merge_values, space_values  # noqa: E402
 from lbt_study.train import Row, run_training  # noqa: E402
 
 SLOT = "lbt_cpu"
@@ -208,38 +210,48 @@ def trial_resources(values: dict[str, Any], slots: bool) -> tune.PlacementGroupF
 # ---------------------------------------------------------------- driver side
 
 class SpaceOf:
-    """The study's space as OptunaSearch calls it; a class, since OptunaSearch pickles it."""
+    """A cell's space as OptunaSearch calls it; a class, since OptunaSearch pickles it."""
 
-    def __init__(self, study: Study) -> None:
-        self.study = study
+    def __init__(self, study: Study, cell: Cell) -> None:
+        self.study, self.cell = study, cell
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        return {CONFIG_KEY: suggest(self.study, trial)}
+        return {CONFIG_KEY: self.cell.apply(suggest(self.study, trial))}
 
 
 class StudySearch(OptunaSearch):
     """OptunaSearch that records outcomes faithfully.
 
-    Intermediate values are reported at examples seen (not Tune iterations); a trial stopped
-    early is told PRUNED, a diverged / out-of-memory / failed one FAIL (so the sampler moves
-    away), never COMPLETE with a made-up value. Each Optuna trial carries the Tune trial id
-    and the lbt-study status as user attributes.
+    Before Optuna is told anything, ``recorder(trial_id, error)`` writes the trial's row to
+    the tables and returns it, so a trial Optuna knows as finished is always in the tables
+    (resume relies on it), and Optuna is told what the table says: COMPLETE with the final
+    objective (and seconds to target, multi-objective: never reached = infinitely slow),
+    PRUNED when stopped early, FAIL for diverged / out-of-memory / failed trials (so the
+    sampler moves away), never COMPLETE with a made-up value. Intermediate values are
+    reported at examples seen (not Tune iterations).
     """
+
+    recorder: Callable[[str, bool], dict[str, Any]]
 
     def optuna_number(self, trial_id: str) -> int | None:
         trial = self._ot_trials.get(trial_id)
         return None if trial is None else trial.number
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune's searcher checkpoint, without the user's space function (which need not
-        pickle); lbt-study resumes from the Optuna database, not from this file."""
+        """Tune's searcher checkpoint, without the user's space function and the recorder
+        (which need not pickle); lbt-study resumes from the Optuna database, not this file."""
         space, self._space = self._space, None
+        recorder = self.__dict__.pop("recorder", None)
         try:
             super().save(checkpoint_path)
         finally:
             self._space = space
+            if recorder is not None:
+                self.recorder = recorder
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list):
+            return  # Optuna takes no intermediate values for several objectives
         value = result.get(self.metric)
         if isinstance(value, float) and math.isfinite(value) and "examples_seen" in result:
             self._ot_trials[trial_id].report(value, int(result["examples_seen"]))
@@ -248,32 +260,54 @@ class StudySearch(OptunaSearch):
                           error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
+        rec = self.recorder(trial_id, error)
         ot_trial = self._ot_trials[trial_id]
-        status = trial_status(result, "error" if error else None)
-        ot_trial.set_user_attr("status", status)
+        ot_trial.set_user_attr("status", rec["status"])
         ot_trial.set_user_attr("tune_trial_id", trial_id)
-        value = (result or {}).get(self.metric)
-        if status == "ok" and isinstance(value, float) and math.isfinite(value):
-            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
-        elif status == "pruned":
+        values = optuna_values(rec, isinstance(self.metric, list))
+        if values is not None:
+            self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
+        elif rec["status"] == "pruned":
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         self._completed_trials.add(trial_id)
 
 
-class ResultsCallback(tune.Callback):
-    """Writes the tables as trials finish and prints one progress line per finished trial."""
+def optuna_values(rec: dict[str, Any], multi: bool) -> float | list[float] | None:
+    """What Optuna is told for a recorded trial; None unless it finished with an objective."""
+    value = rec.get("final_objective")
+    if rec["status"] != "ok" or not isinstance(value, float) or not math.isfinite(value):
+        return None
+    if not multi:
+        return value
+    seconds = rec.get("seconds_to_target")
+    finite = isinstance(seconds, float) and math.isfinite(seconds)
+    return [value, seconds if finite else math.inf]
 
-    def __init__(self, writer: ResultsWriter, search: StudySearch, study: Study,
-                 direction: str, total: int, progress: Progress,
-                 target: float | None = None) -> None:
-        self.writer, self.search, self.study, self.target = writer, search, study, target
+
+class ResultsCallback(tune.Callback):
+    """Collects each trial's rows, writes the tables as trials finish (``record``, called by
+    the searcher before Optuna is told, or by Tune's completion hooks, whichever is first)
+    and prints one progress line per finished trial."""
+
+    def __init__(self, writer: ResultsWriter, study: Study, direction: str, total: int,
+                 progress: Progress, target: float | None = None) -> None:
+        self.writer, self.study, self.target = writer, study, target
         self.direction, self.total, self.progress = direction, total, progress
+        self.search: StudySearch | None = None
+        self.cell_name = study.name
+        self.trials: dict[str, Any] = {}
         self.started: dict[str, float] = {}
         self.rows: dict[str, list[Row]] = {}
-        self.done = 0
+        self.records: dict[str, dict[str, Any]] = {}
+        self.done = len(writer.trials)
         self.last_line = time.time()
+
+    def use(self, search: StudySearch, cell_name: str) -> None:
+        """The search (one per protocol cell) whose trials come next."""
+        self.search, self.cell_name = search, cell_name
+        search.recorder = self.record
 
     def say(self, line: str) -> None:
         self.progress(line)
@@ -293,6 +327,7 @@ class ResultsCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Also called when Tune restarts a failed trial: its rows and start time stay."""
+        self.trials[trial.trial_id] = trial
         self.started.setdefault(trial.trial_id, time.time())
         self.rows.setdefault(trial.trial_id, [])
 
@@ -307,26 +342,37 @@ class ResultsCallback(tune.Callback):
         rows.append(result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, None)
+        self.trials.setdefault(trial.trial_id, trial)
+        self.record(trial.trial_id, False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        self._finish(trial, _one_line(error) if error else "trial error")
+        self.trials.setdefault(trial.trial_id, trial)
+        self.record(trial.trial_id, True)
 
-    def _finish(self, trial: Any, error: str | None) -> None:
-        tid = trial.trial_id
+    def record(self, tid: str, error: bool) -> dict[str, Any]:
+        """Write the trial's row and history (once) and return the row."""
+        if tid in self.records:
+            return self.records[tid]
+        trial = self.trials[tid]
+        message = None
+        if error:
+            exc = trial.get_error()
+            message = _one_line(exc) if exc else "trial error"
         wall = time.time() - self.started.get(tid, time.time())
         try:
             values = self.study.trial_values(space_values(trial.config))
         except UserError:
             values = space_values(trial.config)
         rows = self.rows.pop(tid, [])
-        rec = trial_record(tid, values, rows, wall, self.search.optuna_number(tid),
-                           self.direction, error, self.target)
+        number = self.search.optuna_number(tid) if self.search is not None else None
+        rec = {**trial_record(tid, values, rows, wall, number, self.direction, message,
+                              self.target), "optuna_study": self.cell_name}
         history = [h for h in (history_record(tid, r) for r in rows) if h is not None]
         self.writer.add_trial(rec, history)
+        self.records[tid] = rec
         self.done += 1
         self.say(_progress_line(self.done, self.total, rec))
+        return rec
 
 
 def _progress_line(done: int, total: int, rec: dict[str, Any]) -> str:
@@ -376,76 +422,98 @@ def concurrency(requested: int | None, max_trial_cpus: int, slots: bool,
     return requested
 
 
-def make_search(study: Study, run_dir: Path, direction: str, enqueue: bool = True) -> StudySearch:
-    """OptunaSearch on the run's SQLite study (created, or loaded when it exists); the
-    initial points are enqueued only when the study is new."""
+def make_search(study: Study, cell: Cell, run_dir: Path, direction: str,
+                enqueue: bool = True) -> StudySearch:
+    """OptunaSearch on the cell's study in the run's SQLite database (created, or loaded when
+    it exists); the initial points are enqueued only when the study is new."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    mode = "max" if direction == "maximize" else "min"
     return StudySearch(
-        space=SpaceOf(study),
-        metric="objective",
-        mode="max" if direction == "maximize" else "min",
-        sampler=optuna.samplers.TPESampler(seed=study.sampler_seed),
-        study_name=study.name,
+        space=SpaceOf(study, cell),
+        metric=["objective", "seconds_to_target"] if study.multi_objective else "objective",
+        mode=[mode, "min"] if study.multi_objective else mode,
+        sampler=make_sampler(study.sampler_name, study.sampler_seed, study.multi_objective),
+        study_name=cell.study_name,
         storage=storage,
         points_to_evaluate=(list(study.initial_points) or None) if enqueue else None,
     )
 
 
-def run_study(study: Study, run_dir: Path, direction: str, *, trials: int | None = None,
-              address: str | None = None, num_cpus: int | None = None,
-              spec_module: ModuleType | None = None, max_trial_cpus: int = 1,
-              target: float | None = None, progress: Progress = print,
-              resume: bool = False) -> ResultsWriter:
-    """Run the study to completion and return the writer holding both tables.
+def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampler:
+    """tpe: Optuna's TPE (NSGA-II when there are several objectives); qmc: scrambled Sobol
+    quasi-random points (Shallue et al. 2018 used quasi-random search); random."""
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                          warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if multi:
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def run_study(study: Study, run_dir: Path, direction: str, *,
+              remaining: dict[str, int] | None = None, address: str | None = None,
+              num_cpus: int | None = None, spec_module: ModuleType | None = None,
+              max_trial_cpus: int = 1, target: float | None = None,
+              progress: Progress = print) -> ResultsWriter:
+    """Run every cell of the study to completion; return the writer holding both tables.
 
     ``max_trial_cpus`` is the largest trial (workers x cpus_per_worker) the space gives; see
-    ``concurrency``. With ``resume``, ``trials`` more are run on the existing Optuna study
-    and appended to the existing tables (see lbt_study.resume).
+    ``concurrency``. ``remaining`` (resume) maps cell study names to the trials still to run;
+    they are appended to the tables already in ``run_dir`` (see lbt_study.resume).
     """
     run_dir = Path(run_dir).resolve()
-    total = trials or study.trials
+    resume = remaining is not None
+    todo = [(cell, cell.trials if remaining is None else remaining.get(cell.study_name, 0))
+            for cell in study.cells()]
     if spec_module is not None:  # pickle the user's space function by value, not by name
         ray.cloudpickle.register_pickle_by_value(spec_module)
     started_here = not ray.is_initialized()
     slots = start_ray(address, num_cpus) if started_here else SLOT in ray.cluster_resources()
     try:
-        search = make_search(study, run_dir, direction, enqueue=not resume)
         writer = ResultsWriter(run_dir, keep_existing=resume)
-        done = len(writer.trials)
-        callback = ResultsCallback(writer, search, study, direction, done + total, progress,
+        callback = ResultsCallback(writer, study, direction,
+                                   len(writer.trials) + sum(n for _, n in todo), progress,
                                    target)
-        callback.done = done
-        storage = str(run_dir / "ray")
-        name = "tune" if not resume else f"tune-resume-{len(list(Path(storage).glob('tune*')))}"
-        base = study.base_values()  # the trainable carries plain values, never the spec
-        trainable = tune.with_resources(
-            partial(_trial, base=base, storage=storage),
-            partial(_resources_for, base=base, slots=slots),
-        )
-        scheduler = None
-        if study.asha is not None:
-            scheduler = ASHAScheduler(
-                time_attr="examples_seen", metric="objective", mode=search.mode,
-                max_t=study.asha.max_examples,
-                grace_period=study.asha.grace_examples,
-                reduction_factor=study.asha.reduction_factor,
-            )
         limit = concurrency(study.max_concurrent_trials, max_trial_cpus, slots, progress)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=search, scheduler=scheduler, num_samples=total,
-                max_concurrent_trials=limit, reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=[callback], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=study.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
-        )
-        tuner.fit()
+        storage = str(run_dir / "ray")
+        for cell, n in todo:
+            if n > 0:
+                search = make_search(study, cell, run_dir, direction, enqueue=not resume)
+                callback.use(search, cell.study_name)
+                _tune(study, search, callback, n, limit, storage, slots)
         writer.flush()
         return writer
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _tune(study: Study, search: StudySearch, callback: ResultsCallback, trials: int,
+          limit: int | None, storage: str, slots: bool) -> None:
+    """One Tune run: ``trials`` trials of one search."""
+    base = study.base_values()  # the trainable carries plain values, never the spec
+    trainable = tune.with_resources(
+        partial(_trial, base=base, storage=storage),
+        partial(_resources_for, base=base, slots=slots),
+    )
+    scheduler = None
+    if study.asha is not None:
+        scheduler = ASHAScheduler(
+            time_attr="examples_seen", metric="objective", mode=search.mode,
+            max_t=study.asha.max_examples, grace_period=study.asha.grace_examples,
+            reduction_factor=study.asha.reduction_factor,
+        )
+    name = f"tune-{len(list(Path(storage).glob('tune-*')))}"
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials,
+                                    max_concurrent_trials=limit, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=[callback], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    tuner.fit()

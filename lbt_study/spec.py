@@ -23,8 +23,9 @@ import hashlib
 import importlib.util
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -69,6 +70,19 @@ class Study(BaseModel):
     """Times Tune retries a trial whose process died (from its last checkpoint)."""
     target: float | None = None
     """Threshold on the objective for steps/examples/time to target (default: the workload's)."""
+    protocol: Literal["joint", "per_batch_size"] = "joint"
+    """joint: one search over everything (batch size included), TPE by default.
+    per_batch_size (Shallue et al. 2018): every batch size in ``batch_sizes`` (and every norm
+    in ``norms``, if given) gets ``trials`` trials of its own search over the rest,
+    quasi-random (Optuna's QMC sampler) by default, so every frontier point is tuned alike."""
+    batch_sizes: list[int] = Field(default_factory=list)
+    norms: list[str] = Field(default_factory=list)
+    sampler: Literal["tpe", "qmc", "random"] | None = None
+    """None: tpe for the joint protocol, qmc for per_batch_size."""
+    multi_objective: bool = False
+    """Search the Pareto front of (the objective, seconds to target) with Optuna's
+    multi-objective sampling instead of the objective alone (a trial that never reaches the
+    target counts as infinitely slow); ASHA cannot be combined with it."""
     initial_points: list[dict[str, Any]] = Field(default_factory=list)
     """Parameter values (by Optuna parameter name) to try first, e.g. one per normalization;
     enqueued in the Optuna study, then the sampler takes over."""
@@ -82,7 +96,38 @@ class Study(BaseModel):
             raise ValueError(f"fixed has unknown keys {unknown}; known: {', '.join(sorted(known))}")
         if "workload" in self.fixed:
             raise ValueError("set the workload with Study(workload=...), not in fixed")
+        if self.protocol == "per_batch_size":
+            if not self.batch_sizes:
+                raise ValueError("protocol 'per_batch_size' needs batch_sizes, e.g. [32, 128]")
+            taken = sorted({"batch_size", *(["norm"] if self.norms else [])} & set(self.fixed))
+            if taken:
+                raise ValueError(f"protocol 'per_batch_size' sets {taken} itself; "
+                                 "remove them from fixed")
+        elif self.batch_sizes or self.norms:
+            raise ValueError("batch_sizes and norms belong to protocol='per_batch_size'")
+        if self.multi_objective and self.asha is not None:
+            raise ValueError("ASHA needs a single objective: drop asha or multi_objective")
         return self
+
+    def cells(self) -> list[Cell]:
+        """The searches the study runs: one for the joint protocol, one per batch size (and
+        norm) for per_batch_size, each with its own Optuna study in the run's database."""
+        if self.protocol == "joint":
+            return [Cell(self.name, {}, self.trials)]
+        norms: list[str | None] = list(self.norms) or [None]
+        return [
+            Cell(f"{self.name}/B={b}" + (f"/norm={n}" if n else ""),
+                 {"batch_size": b, **({"norm": n} if n else {})}, self.trials)
+            for b in self.batch_sizes for n in norms
+        ]
+
+    @property
+    def sampler_name(self) -> str:
+        return self.sampler or ("tpe" if self.protocol == "joint" else "qmc")
+
+    @property
+    def total_trials(self) -> int:
+        return sum(cell.trials for cell in self.cells())
 
     def trial_values(self, suggested: dict[str, Any]) -> dict[str, Any]:
         """One trial's config values: fixed settings plus the space's, which may not overlap."""
@@ -101,6 +146,23 @@ raw Optuna parameters into the config too; those are the sampler's, not the tria
 def space_values(config: dict[str, Any]) -> dict[str, Any]:
     """The trial-config values of a Tune config: what the space returned, else its params."""
     return dict(config.get(CONFIG_KEY, config))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One search of a study: its Optuna study name, the values the protocol fixes for it
+    (batch size, norm), and its number of trials."""
+
+    study_name: str
+    overrides: dict[str, Any]
+    trials: int
+
+    def apply(self, suggested: dict[str, Any]) -> dict[str, Any]:
+        """The space's values with the protocol's; the space may not set those itself."""
+        taken = sorted(set(self.overrides) & set(suggested))
+        if taken:
+            raise UserError(f"the per_batch_size protocol sets {taken}; the space may not")
+        return {**suggested, **self.overrides}
 
 
 def merge_values(base: dict[str, Any], suggested: dict[str, Any]) -> dict[str, Any]:
