@@ -54,7 +54,27 @@ def _grad(p: Tensor, name: str) -> Tensor:
     return p.grad
 
 
-class LARS(Optimizer):
+class _CheckedOptimizer(Optimizer):
+    """What LARS and LAMB share: options checked for every group, and the closure."""
+
+    @staticmethod
+    def _validate(options: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, checking the options it sets (the rest come from the defaults)."""
+        self._validate({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    @staticmethod
+    def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+
+class LARS(_CheckedOptimizer):
     """LARS: You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networks", Alg. 1.
 
     For each parameter tensor ``w`` with gradient ``g`` (momentum buffer ``v`` starts at 0)::
@@ -98,18 +118,10 @@ class LARS(Optimizer):
         _check_positive("trust_coefficient", options["trust_coefficient"])
         _check_non_negative("eps", options["eps"])
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, checking the options it sets (the rest come from the defaults)."""
-        self._validate({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Apply one LARS update to every parameter with a gradient; return the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
 
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
@@ -142,7 +154,7 @@ class LARS(Optimizer):
         return loss
 
 
-class LAMB(Optimizer):
+class LAMB(_CheckedOptimizer):
     """LAMB: You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes", Algorithm 2 (with bias correction, phi = identity).
 
@@ -184,18 +196,10 @@ class LAMB(Optimizer):
         _check_non_negative("eps", options["eps"])
         _check_non_negative("weight_decay", options["weight_decay"])
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, checking the options it sets (the rest come from the defaults)."""
-        self._validate({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Apply one LAMB update to every parameter with a gradient; return the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
 
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
