@@ -168,7 +168,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         run_study(study, run_dir, meta["objective_direction"], remaining=state.remaining,
                   address=args.address, num_cpus=args.num_cpus, spec_module=module,
                   max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
-                  progress=lambda line: print(line, flush=True), resume=True)
+                  progress=lambda line: print(line, flush=True))
     return _finish(run_dir, args.no_report)
 
 

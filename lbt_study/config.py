@@ -86,6 +86,33 @@ class TrainConfig(BaseModel):
     cpus_per_worker: int = Field(default=1, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
 
+    # GPU path: every "auto" resolves to off on CPU, so CPU results do not depend on these.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on CUDA when dtype is float32, fp32 otherwise; bf16: forward, loss
+    and evaluation under torch.autocast(bfloat16) (on CPU too, with torch's CPU autocast;
+    weights, gradients and optimizer state stay in dtype); fp32: no autocast."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """auto: on for CUDA when the model has Conv2d layers; on: model and 4-D inputs in
+    torch.channels_last memory format (works on CPU too); off: default layout."""
+    compile: bool = False
+    """torch.compile the model for training steps (evaluation, FLOP counting and the memory
+    probe stay eager; checkpoints hold the plain module's weights). Under DDP the module is
+    compiled first and the compiled module wrapped in DDP, so no_sync and the noise-scale
+    comm hook work unchanged; gradients are then all-reduced after the compiled backward
+    rather than overlapped with it."""
+    data_on_device: Literal["auto", "on", "off"] = "auto"
+    """auto: on CUDA, the whole train/val tensors move to the GPU once when they take under
+    a quarter of its free memory, else stay on the CPU pinned, batches copied non-blocking;
+    on: always move them; off: keep them in pinned CPU memory. No effect on CPU."""
+    tf32: bool = True
+    """Allow TF32 tensor-core matmuls and convolutions for float32 work on CUDA
+    (torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32, set at the
+    start of every run); MFU is then measured against the TF32 peak. No effect on CPU."""
+    stratify: bool = False
+    """Build every global batch with a fixed share of each class, proportional to its
+    frequency, at least one example of each (integer class labels; B at least the number of
+    classes; the exact rule: lbt_study.train.stratified_shares)."""
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         for name, value, allowed in (
@@ -100,6 +127,8 @@ class TrainConfig(BaseModel):
                 f"give exactly one of lr or base_lr, got lr={self.lr}, base_lr={self.base_lr}"
             )
         self.growth_phases()  # raises on a malformed schedule
+        if self.precision == "bf16" and self.dtype != "float32":
+            raise ValueError(f"precision 'bf16' needs dtype float32, got dtype {self.dtype!r}")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs {self.warmup_epochs} must be shorter than training "

@@ -6,6 +6,15 @@ same global batch of ``B`` indices, takes its own slice, runs ``accumulation_ste
 micro-batches (``no_sync`` on all but the last) and DDP averages the gradients, so one update
 sees exactly ``B`` examples. ``report(row)`` is called on every worker at every evaluation with
 identical, all-reduced values.
+
+On a CUDA device the GPU path turns on by itself (``gpu_settings``; every choice is a
+``TrainConfig`` field, and every "auto" is off on CPU, so CPU results do not change): bf16
+autocast for forward, loss and evaluation (weights, gradients and optimizer state stay
+float32; no loss scaling is needed for bf16), channels_last for convolutional models, the
+data moved to the GPU once when it fits in a quarter of free memory (else pinned host memory
+and non-blocking copies), TF32 for float32 matmuls and convolutions, and optionally
+``torch.compile`` (the module is compiled before DDP wraps it; checkpoints hold the plain
+module's state, so they load with or without compile).
 """
 
 from __future__ import annotations
@@ -87,6 +96,188 @@ class IndexStream:
         self._buffer = state["buffer"].clone()
 
 
+def stratified_shares(counts: list[int], k: int) -> list[int]:
+    """Examples of each class in a batch of ``k``, for classes with ``counts`` examples.
+
+    Largest remainders (Hamilton): class c gets floor(q_c) or ceil(q_c) of its quota
+    q_c = k * n_c / N, the leftover seats going to the largest remainders (ties: the rarer
+    class, then the lower class index); the shares sum to ``k``. When ``k`` is at least the
+    number of classes, every class left with 0 then takes one seat from the class holding the
+    most (rarest first; ties: the more frequent donor, then the lower index), so every class
+    has at least one example per batch; a donor gives at most one seat per class topped up,
+    and every other class stays within one of its quota. Below that, classes may get 0
+    (the trainer refuses stratify with B smaller than the number of classes).
+    """
+    n = sum(counts)
+    shares = [k * c // n for c in counts]
+    order = sorted(range(len(counts)), key=lambda i: (-(k * counts[i] % n), counts[i], i))
+    for i in order[: k - sum(shares)]:
+        shares[i] += 1
+    if k >= len(counts):
+        for i in sorted(range(len(counts)), key=lambda i: (counts[i], i)):
+            if shares[i] == 0:
+                donor = max(range(len(counts)), key=lambda j: (shares[j], counts[j], -j))
+                shares[donor] -= 1
+                shares[i] += 1
+    return shares
+
+
+class StratifiedStream:
+    """Training indices in stratified global batches (``TrainConfig.stratify``).
+
+    Every batch of ``k`` holds exactly ``stratified_shares(counts, k)[c]`` examples of class c
+    (classes in sorted label order), drawn without replacement from seeded per-class
+    permutations laid end to end (one pass over a class's examples before any repeats), then
+    shuffled within the batch so each worker's slice and each micro-batch is a random mix;
+    only the global batch has the exact shares. A class whose share exceeds its quota (a rare
+    class rounded or topped up) starts its next pass sooner than the data's epoch. Like
+    ``IndexStream``: same seed, same batches on every worker; ``examples seen = steps x B``.
+    """
+
+    def __init__(self, labels: Tensor, seed: int) -> None:
+        classes, counts = torch.unique(labels.cpu(), return_counts=True)
+        self.classes, self.counts = classes, counts.tolist()
+        self.members = [torch.nonzero(labels.cpu() == c).flatten() for c in classes]
+        self._gen = torch.Generator().manual_seed(seed)
+        self._buffers = [torch.empty(0, dtype=torch.long) for _ in self.members]
+        self._shares: dict[int, list[int]] = {}
+
+    def shares(self, k: int) -> list[int]:
+        if k not in self._shares:
+            self._shares[k] = stratified_shares(self.counts, k)
+        return self._shares[k]
+
+    def take(self, k: int) -> Tensor:
+        parts = [self._from_class(c, s) for c, s in enumerate(self.shares(k))]
+        return torch.cat(parts)[torch.randperm(k, generator=self._gen)]
+
+    def _from_class(self, c: int, k: int) -> Tensor:
+        members, buffer = self.members[c], self._buffers[c]
+        while len(buffer) < k:
+            buffer = torch.cat([buffer, members[torch.randperm(len(members), generator=self._gen)]])
+        out, self._buffers[c] = buffer[:k], buffer[k:]
+        return out
+
+    def state_dict(self) -> dict[str, Tensor | list[Tensor]]:
+        return {"generator": self._gen.get_state(), "buffers": [b.clone() for b in self._buffers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._gen.set_state(state["generator"])
+        self._buffers = [b.clone() for b in state["buffers"]]
+
+
+def make_stream(cfg: TrainConfig, labels: Tensor, smallest_batch: int,
+                workload: str) -> IndexStream | StratifiedStream:
+    """The run's index stream: stratified when asked (integer class labels, B >= classes)."""
+    if not cfg.stratify:
+        return IndexStream(len(labels), cfg.seed)
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        raise UserError(f"stratify needs integer class labels, one per example; workload "
+                        f"{workload!r} has {str(labels.dtype).removeprefix('torch.')} labels of "
+                        f"shape {tuple(labels.shape)}")
+    stream = StratifiedStream(labels, cfg.seed)
+    if smallest_batch < len(stream.counts):
+        raise UserError(f"stratify needs a batch size of at least the number of classes "
+                        f"({len(stream.counts)}), got B={smallest_batch}")
+    return stream
+
+
+DATA_ON_DEVICE_FRACTION = 0.25
+"""data_on_device=auto moves the data to the GPU when it takes under this share of free memory."""
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    """What the GPU path does in one run, resolved from the config's "auto" choices."""
+
+    bf16: bool  # forward, loss and evaluation under bf16 autocast
+    channels_last: bool  # model and 4-D inputs in channels_last memory format
+    compile: bool  # torch.compile the module trained
+    data_on_device: bool  # train/val tensors moved to the device once
+    pin_memory: bool  # data kept on the CPU in pinned memory, batches copied non-blocking
+    tf32: bool  # TF32 matmuls and convolutions allowed (CUDA only)
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """A fresh autocast context (bf16) or a no-op."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """An input batch in the model's memory format."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def output(self, out: Tensor) -> Tensor:
+        """Model outputs as float32 under bf16 (the loss and metrics are computed in fp32)."""
+        return out.float() if self.bf16 and out.is_floating_point() else out
+
+    def peak_dtype(self, dtype: str) -> str:
+        """The dtype whose device peak MFU is measured against (measure.PEAK_FLOPS, whose
+        float32 entries are TF32 peaks: without TF32 none is listed and MFU is NaN)."""
+        if self.bf16:
+            return "bfloat16"
+        return dtype if dtype != "float32" or self.tf32 else "float32 (no TF32)"
+
+
+PLAIN = GpuSettings(bf16=False, channels_last=False, compile=False, data_on_device=False,
+                    pin_memory=False, tf32=False)
+"""No GPU path at all: what every "auto" resolves to on CPU."""
+
+
+def data_bytes(data: Data) -> int:
+    return sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train,
+                                                        data.x_val, data.y_val))
+
+
+def gpu_settings(cfg: TrainConfig, device: torch.device, model: nn.Module,
+                 nbytes: int = 0, free_bytes: int | None = None) -> GpuSettings:
+    """Resolve precision, channels_last, compile, data placement and TF32 for ``device``.
+
+    Every "auto" is off on CPU. ``nbytes`` is the size of the data; ``free_bytes`` the
+    device's free memory (default: torch.cuda.mem_get_info on CUDA).
+    """
+    cuda = device.type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda
+                                       and cfg.dtype == "float32")
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda
+                                                  and has_conv)
+    on_device = False
+    if cuda and cfg.data_on_device == "on":
+        on_device = True
+    elif cuda and cfg.data_on_device == "auto":
+        free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
+        on_device = nbytes < DATA_ON_DEVICE_FRACTION * free
+    return GpuSettings(bf16=bf16, channels_last=channels_last, compile=cfg.compile,
+                       data_on_device=on_device, pin_memory=cuda and not on_device,
+                       tf32=cuda and cfg.tf32)
+
+
+def place_data(data: Data, settings: GpuSettings, device: torch.device) -> Data:
+    """The data on the device, in pinned CPU memory, or as it is."""
+    tensors = (data.x_train, data.y_train, data.x_val, data.y_val)
+    if settings.data_on_device and device.type != "cpu":
+        return Data(*(t.to(device) for t in tensors))
+    if settings.pin_memory:
+        return Data(*(t.pin_memory() for t in tensors))
+    return data
+
+
+def gather(x: Tensor, idx: Tensor, device: torch.device) -> Tensor:
+    """``x[idx]`` on ``device``: indexed where ``x`` lives; from pinned memory through a
+    pinned buffer (torch's caching host allocator) and a non-blocking copy."""
+    if x.device.type != "cpu":
+        return x[idx.to(x.device)].to(device)
+    if device.type == "cuda" and x.is_pinned():
+        out = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=True)
+        torch.index_select(x, 0, idx, out=out)
+        return out.to(device, non_blocking=True)
+    return x[idx].to(device, non_blocking=True)
+
+
 def world() -> tuple[int, int]:
     """(rank, world size); (0, 1) without a process group."""
     if dist.is_available() and dist.is_initialized():
@@ -147,16 +338,18 @@ def eval_steps(examples_after: list[int], every_examples: int) -> set[int]:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, x: Tensor, y: Tensor, workload: Workload, device: torch.device,
-    chunk: int = 2048,
+    chunk: int = 2048, settings: GpuSettings = PLAIN,
 ) -> dict[str, float]:
-    """Mean loss and metrics over (x, y), sharded over workers and reduced as sums and counts."""
+    """Mean loss and metrics over (x, y), sharded over workers and reduced as sums and counts;
+    under the run's autocast and input memory format when ``settings`` are given."""
     rank, size = world()
     model.eval()
     sums = torch.zeros(2 + len(workload.metrics), dtype=torch.float64, device=device)
     idx = torch.arange(rank, len(x), size)
     for part in idx.split(chunk):
-        xb, yb = x[part].to(device, non_blocking=True), y[part].to(device, non_blocking=True)
-        out = model(xb)
+        xb, yb = gather(x, part, device), gather(y, part, device)
+        with settings.autocast(device):
+            out = settings.output(model(settings.prepare(xb)))
         sums[0] += workload.loss(out, yb).double() * len(part)
         for i, metric in enumerate(workload.metrics):
             sums[1 + i] += metric.fn(out, yb).double()
@@ -201,18 +394,11 @@ class _Trainer:
         self.loss = training_loss(cfg, self.workload)
         self.data: Data = cast_inputs(self.workload.load_data(cfg.seed), getattr(torch, cfg.dtype))
         n = len(self.data.x_train)
-        self.step_batch = cfg.step_batch_sizes(n)  # B of each step (grows under batch_growth)
-        self.examples_after = [0, *itertools.accumulate(self.step_batch)]
-        self.total_steps, self.warmup_steps = len(self.step_batch), cfg.warmup_steps(n)
-        self.plans = {b: make_batch_plan(b, cfg.workers, cfg.accumulation_steps, cfg.norm,
-                                         cfg.ghost_batch_size) for b in set(self.step_batch)}
+        self._plan_steps(n)
+        self.stream = make_stream(cfg, self.data.y_train, min(self.step_batch), self.workload.name)
         self.oom_error: str | None = None
-        if self.warmup_steps >= self.total_steps:
-            raise UserError(
-                f"warmup of {self.warmup_steps} steps is not shorter than training "
-                f"({self.total_steps} steps at batch size {cfg.batch_size})"
-            )
         self.model = self._build_model()
+        self.gpu = self._setup_gpu()  # memory format, data placement, TF32: before the probe
         if resume is None:
             self._fit_memory()  # before DDP wraps the model: may shrink micro-batches
         else:
@@ -220,26 +406,55 @@ class _Trainer:
             self.model.load_state_dict(resume["model"])
         self.plan = self.plans[self.step_batch[0]]
         self.flops_per_example = self._count_flops()
-        self.ddp = DDP(self.model, device_ids=[device] if device.type == "cuda" else None) \
+        # compiled first, then wrapped: DDP's no_sync and comm hook work on the compiled module
+        self.net = torch.compile(self.model) if self.gpu.compile else self.model
+        self.ddp = DDP(self.net, device_ids=[device] if device.type == "cuda" else None) \
             if self.size > 1 else None
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_scheduler(self.opt, self.total_steps, self.warmup_steps, cfg.schedule)
         self.gns, self.micro_grads = self._gns_meter()
         self.swa = swa_utils.AveragedModel(self.model) if cfg.swa_start else None
         self.swa_from = math.ceil((cfg.swa_start or 1.0) * self.total_steps)
-        self.stream = IndexStream(n, cfg.seed)
         # augmentation randomness: per worker and step, from the seed alone (so a run restarted
         # from a checkpoint draws the same crops and flips as an uninterrupted one)
         self.augment_gen = torch.Generator(device=device)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_eval_idx = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
         self.eval_at = eval_steps(self.examples_after, cfg.eval_every_examples or n)
-        self.peak_flops = device_peak_flops(device, cfg.dtype)
+        self.peak_flops = device_peak_flops(device, self.gpu.peak_dtype(cfg.dtype))
         self.train_seconds = self.eval_seconds = 0.0
         self.interval_loss, self.interval_times, self.all_times = [], [], []
         self.interval_examples = 0
         if resume is not None:
             self._load(resume)
+
+    def _plan_steps(self, n: int) -> None:
+        """B of every step (it grows under batch_growth), examples seen after each, the
+        batch plan of each B; refuses a warmup not shorter than training."""
+        cfg = self.cfg
+        self.step_batch = cfg.step_batch_sizes(n)
+        self.examples_after = [0, *itertools.accumulate(self.step_batch)]
+        self.total_steps, self.warmup_steps = len(self.step_batch), cfg.warmup_steps(n)
+        self.plans = {b: make_batch_plan(b, cfg.workers, cfg.accumulation_steps, cfg.norm,
+                                         cfg.ghost_batch_size) for b in set(self.step_batch)}
+        if self.warmup_steps >= self.total_steps:
+            raise UserError(
+                f"warmup of {self.warmup_steps} steps is not shorter than training "
+                f"({self.total_steps} steps at batch size {cfg.batch_size})"
+            )
+
+    def _setup_gpu(self) -> GpuSettings:
+        """Resolve the GPU path (``gpu_settings``), then apply it: the model's memory format,
+        where the data lives, and (on CUDA) whether TF32 is allowed, set both ways since a
+        reused trial process keeps torch's global flags."""
+        settings = gpu_settings(self.cfg, self.device, self.model, data_bytes(self.data))
+        if settings.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.data = place_data(self.data, settings, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+            torch.backends.cudnn.allow_tf32 = settings.tf32
+        return settings
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -326,7 +541,7 @@ class _Trainer:
                                                  f"{self.cfg.fault_oom_above}")
                 part = torch.arange(micro) % len(self.data.x_train)
                 xb, yb = self._batch(self.data.x_train, self.data.y_train, part)
-                self.loss(self.model(xb), yb).backward()
+                self._forward_loss(self.model, xb, yb).backward()
         except torch.OutOfMemoryError:
             fits.zero_()
             if self.device.type == "cuda":
@@ -370,14 +585,20 @@ class _Trainer:
             self.gns.restart(small, plan.global_batch_size)
 
     def _batch(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        return x[idx].to(self.device, non_blocking=True), y[idx].to(self.device, non_blocking=True)
+        """Inputs (in the model's memory format) and targets of ``idx``, on the device."""
+        return self.gpu.prepare(gather(x, idx, self.device)), gather(y, idx, self.device)
+
+    def _forward_loss(self, net: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+        """The training loss of one micro-batch (forward and loss under the run's autocast)."""
+        with self.gpu.autocast(self.device):
+            return self.loss(self.gpu.output(net(xb)), yb)
 
     def step(self) -> Tensor:
         """One optimizer update over B examples; returns this worker's mean minibatch loss."""
         plan = self.plan
         idx = self.stream.take(plan.global_batch_size)
         mine = idx[self.rank * plan.per_worker_batch_size:][: plan.per_worker_batch_size]
-        net = self.ddp or self.model
+        net = self.ddp or self.net
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -390,9 +611,9 @@ class _Trainer:
             xb, yb = self._batch(self.data.x_train, self.data.y_train, part)
             if self.workload.augment is not None:
                 self.augment_gen.manual_seed(hash((self.cfg.seed, self.rank, self.step_no, j)))
-                xb = self.workload.augment(xb, self.augment_gen)
+                xb = self.gpu.prepare(self.workload.augment(xb, self.augment_gen))
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                loss = self.loss(net(xb), yb)
+                loss = self._forward_loss(net, xb, yb)
                 (loss / plan.accumulation_steps).backward()
             if self.micro_grads is not None:
                 self.micro_grads.after_backward(self.gns)
@@ -416,8 +637,10 @@ class _Trainer:
         t0 = time.perf_counter()
         model = model or self.model
         data, wl, sub = self.data, self.workload, self.train_eval_idx
-        train = evaluate(model, data.x_train[sub], data.y_train[sub], wl, self.device)
-        val = evaluate(model, data.x_val, data.y_val, wl, self.device)
+        sub = sub.to(data.x_train.device)
+        train = evaluate(model, data.x_train[sub], data.y_train[sub], wl, self.device,
+                         settings=self.gpu)
+        val = evaluate(model, data.x_val, data.y_val, wl, self.device, settings=self.gpu)
         seen = self.examples_after[step]
         row: Row = {"step": step, "examples_seen": seen, "epoch": seen / len(data.x_train),
                     "lr": self.opt.param_groups[0]["lr"],
@@ -496,7 +719,7 @@ class _Trainer:
         model = self.model
         if self.swa is not None:
             data, micro = self.data, self.plan.micro_batch_size
-            batches = (data.x_train[p].to(self.device) for p in
+            batches = (self.gpu.prepare(gather(data.x_train, p, self.device)) for p in
                        torch.arange(len(data.x_train)).split(micro))
             swa_utils.update_bn(batches, self.swa)
             model = self.swa.module

@@ -1,0 +1,1 @@
+"""A user's lab package (test fixture): workloads defined outside lbt_study."""
