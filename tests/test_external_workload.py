@@ -13,7 +13,7 @@ import pytest
 from lbt_study import Study, load_results
 from lbt_study.errors import UserError
 from lbt_study.preflight import check_study
-from lbt_study.runner import SLOT, run_study
+from lbt_study.runner import run_study
 from lbt_study.workload import get_workload
 
 PACKAGE = Path(__file__).resolve().parent / "external_workload_pkg" / "my_lab_workloads"
@@ -39,16 +39,10 @@ def lab_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def ray_with_lab(lab_dir):
+def ray_with_lab(lab_dir, start_local_ray):
     """A 2-CPU local Ray started after PYTHONPATH names the user's package."""
-    import ray
-
-    ray.init(num_cpus=2, resources={SLOT: 2}, include_dashboard=None,
-             dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
-    try:
-        yield lab_dir
-    finally:
-        ray.shutdown()
+    start_local_ray()
+    return lab_dir
 
 
 def test_the_package_is_not_importable_without_its_path():

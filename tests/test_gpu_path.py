@@ -10,16 +10,10 @@ import torch
 from torch import nn
 
 from lbt_study.config import TrainConfig
+from lbt_study.device import PLAIN, GpuSettings, gather, gpu_settings
 from lbt_study.measure import PEAK_FLOPS
 from lbt_study.norms import NormSpec
-from lbt_study.train import (
-    PLAIN,
-    GpuSettings,
-    evaluate,
-    gather,
-    gpu_settings,
-    run_training,
-)
+from lbt_study.train import evaluate, run_training
 from lbt_study.workload import get_workload
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU

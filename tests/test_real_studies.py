@@ -7,7 +7,7 @@ import pytest
 
 from lbt_study import Study, load_results
 from lbt_study.preflight import check_study
-from lbt_study.runner import SLOT, run_study
+from lbt_study.runner import run_study
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_workloads_real import cifar_dir  # noqa: E402, F401  (the fixture)
@@ -16,18 +16,11 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture
-def ray_with_data(cifar_dir, monkeypatch):  # noqa: F811
+def ray_with_data(cifar_dir, monkeypatch, start_local_ray):  # noqa: F811
     """A 2-CPU local Ray started after the data settings are in the environment, so that
     its worker processes inherit them."""
-    import ray
-
     monkeypatch.setenv("LBT_CHARLM_CHARS", "40000")
-    ray.init(num_cpus=2, resources={SLOT: 2}, include_dashboard=None,
-             dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    start_local_ray()
 
 
 def _lr(trial):

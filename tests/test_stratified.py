@@ -13,13 +13,8 @@ from torch import nn
 from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
 from lbt_study.norms import NormSpec, make_norm
-from lbt_study.train import (
-    IndexStream,
-    StratifiedStream,
-    make_stream,
-    run_training,
-    stratified_shares,
-)
+from lbt_study.sampling import IndexStream, StratifiedStream, make_stream, stratified_shares
+from lbt_study.train import run_training
 from lbt_study.workload import ACCURACY, Data, Workload
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -7,7 +7,8 @@ import torch
 
 from lbt_study.config import TrainConfig, parse_config
 from lbt_study.errors import UserError
-from lbt_study.train import IndexStream, eval_steps, make_scheduler, run_training
+from lbt_study.sampling import IndexStream
+from lbt_study.train import eval_steps, make_scheduler, run_training
 
 
 def lrs(total, warmup, kind, lr=1.0):
