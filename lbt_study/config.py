@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Literal
 
@@ -194,10 +195,19 @@ def validation_line(exc: ValidationError) -> str:
     """Pydantic's errors as one line: field, message, given value."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        given = f" (got {err['input']!r})" if loc != "config" and "input" in err else ""
+            msg = "unknown key" + did_you_mean(loc, TrainConfig.model_fields)
+        if not loc:  # a rule over the whole config: its message names the fields
+            parts.append(msg)
+            continue
+        given = f" (got {err['input']!r})" if "input" in err else ""
         parts.append(f"{loc}: {msg}{given}")
     return "; ".join(parts)
+
+
+def did_you_mean(name: str, known: object) -> str:
+    """' (did you mean 'epochs'?)' for a close known name, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lbt_study.config import TrainConfig, validation_line
+from lbt_study.config import TrainConfig, did_you_mean, validation_line
 from lbt_study.errors import UserError
 
 SpaceFn = Callable[[Any], dict[str, Any] | None]
@@ -93,7 +93,9 @@ class Study(BaseModel):
         known = set(TrainConfig.model_fields)
         unknown = sorted(set(self.fixed) - known)
         if unknown:
-            raise ValueError(f"fixed has unknown keys {unknown}; known: {', '.join(sorted(known))}")
+            hints = "".join(did_you_mean(k, known) for k in unknown)
+            raise ValueError(f"fixed has unknown keys {unknown}{hints}; known: "
+                             f"{', '.join(sorted(known))}")
         if "workload" in self.fixed:
             raise ValueError("set the workload with Study(workload=...), not in fixed")
         if self.protocol == "per_batch_size":

@@ -80,7 +80,7 @@ def test_unknown_workload(capsys, write_spec):
 def test_unknown_fixed_key(capsys, write_spec):
     spec = write_spec(GOOD_SPACE + "study = Study(name='x', space=space, fixed={'epoch': 3})\n")
     code, err = run_cli(capsys, "run", str(spec))
-    assert_one_line(code, err, "unknown keys ['epoch']", "epochs")
+    assert_one_line(code, err, "unknown keys ['epoch'] (did you mean 'epochs'?)")
 
 
 def test_space_that_raises(capsys, write_spec):

@@ -51,7 +51,7 @@ def test_exactly_one_of_lr_and_base_lr():
 
 
 def test_unknown_config_key_is_named():
-    with pytest.raises(UserError, match="batchsize: unknown key"):
+    with pytest.raises(UserError, match=r"batchsize: unknown key \(did you mean .batch_size.\?\)"):
         parse_config({"batchsize": 32, "lr": 0.1})
 
 
