@@ -138,7 +138,6 @@ def trial_record(
         "error": error,
     }
     rec.update(_config_as_run(config))
-    rec.update(_derived(config))
     evals = [r for r in rows if "val_loss" in r and r.get("status") != "failed"]
     final = evals[-1] if evals else {}
     rec.update({f"final_{m}": final.get(m, math.nan) for m in FINAL_METRICS})
@@ -179,23 +178,21 @@ def _at_target(trial_id: str, evals: list[Mapping[str, Any]], target: float | No
 
 
 def _config_as_run(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Every trial-config field, defaults filled in (raw values if the config is invalid)."""
-    try:
-        return TrainConfig(**{k: v for k, v in config.items()
-                              if k in TrainConfig.model_fields}).model_dump()
-    except ValueError:
-        return {k: config.get(k) for k in TrainConfig.model_fields}
-
-
-def _derived(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Every trial-config field with defaults filled in (raw values if the config is invalid),
+    and what follows from them: the learning rate used, the planned micro-batch and norm
+    batch size (NaN/None when they cannot be derived)."""
+    unknown = {"learning_rate": math.nan, "micro_batch_size": None, "norm_batch_size": None}
     try:
         cfg = TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.model_fields})
+    except ValueError:
+        return {**{k: config.get(k) for k in TrainConfig.model_fields}, **unknown}
+    try:
         plan = make_batch_plan(cfg.batch_size, cfg.workers, cfg.accumulation_steps, cfg.norm,
                                cfg.ghost_batch_size)
-    except (ValueError, UserError):
-        return {"learning_rate": math.nan, "micro_batch_size": None, "norm_batch_size": None}
-    return {"learning_rate": cfg.learning_rate, "micro_batch_size": plan.micro_batch_size,
-            "norm_batch_size": plan.norm_batch_size}
+    except UserError:
+        return {**cfg.model_dump(), **unknown}
+    return {**cfg.model_dump(), "learning_rate": cfg.learning_rate,
+            "micro_batch_size": plan.micro_batch_size, "norm_batch_size": plan.norm_batch_size}
 
 
 def _best(evals: list[Mapping[str, Any]], direction: str) -> float:

@@ -110,23 +110,34 @@ def _worker_nodes() -> str:
     return ",".join(str(n) for n in nodes)
 
 
-def _worker_loop(config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker; resumes from the last checkpoint after a failure."""
-    cfg = TrainConfig(**config)
-    ctx = ray.train.get_context()
-    rank, name, nodes = ctx.get_world_rank(), ctx.get_experiment_name(), _worker_nodes()
+def _callbacks(cfg: TrainConfig, rank: int, name: str, nodes: str,
+               send: Callable[..., None], checkpoint_cls: Any
+               ) -> tuple[Callable[[Row], None], Callable[[Row, dict], None]]:
+    """The report and checkpoint callbacks a worker hands to ``run_training``: every row
+    carries the workers' node ids, and rank 0 saves the training state with its row."""
+
+    def report(row: Row) -> None:
+        send({**row, "worker_nodes": nodes})
 
     def checkpoint(row: Row, state: dict) -> None:
         row = {**row, "worker_nodes": nodes}
         _maybe_fault(cfg, row, rank, name)
         if rank == 0:
-            _with_state(row, state, ray.train.report, ray.train.Checkpoint)
+            _with_state(row, state, send, checkpoint_cls)
         else:
-            ray.train.report(row)
+            send(row)
 
-    run_training(cfg, report=lambda row: ray.train.report({**row, "worker_nodes": nodes}),
-                 device=ray.train.torch.get_device(), checkpoint=checkpoint,
-                 resume=_load_state(ray.train.get_checkpoint()))
+    return report, checkpoint
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker; resumes from the last checkpoint after a failure."""
+    cfg = TrainConfig(**config)
+    ctx = ray.train.get_context()
+    report, checkpoint = _callbacks(cfg, ctx.get_world_rank(), ctx.get_experiment_name(),
+                                    _worker_nodes(), ray.train.report, ray.train.Checkpoint)
+    run_training(cfg, report=report, device=ray.train.torch.get_device(),
+                 checkpoint=checkpoint, resume=_load_state(ray.train.get_checkpoint()))
 
 
 def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
@@ -150,33 +161,29 @@ def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
     trainer.fit()
 
 
-def _train_in_trial(cfg: TrainConfig, report: Callable[[Row], None]) -> None:
+def _train_in_trial(cfg: TrainConfig, send: Callable[..., None]) -> None:
     """One worker, inside the Tune trial's process; Tune retries it from its checkpoint."""
-    name, nodes = tune.get_context().get_trial_id(), ray.get_runtime_context().get_node_id()
-
-    def checkpoint(row: Row, state: dict) -> None:
-        row = {**row, "worker_nodes": nodes}
-        _maybe_fault(cfg, row, 0, name)
-        _with_state(row, state, tune.report, tune.Checkpoint)
-
+    report, checkpoint = _callbacks(cfg, 0, tune.get_context().get_trial_id(),
+                                    ray.get_runtime_context().get_node_id(), send,
+                                    tune.Checkpoint)
     device = torch.device("cuda") if cfg.gpus_per_worker > 0 else None
-    run_training(cfg, report=lambda row: report({**row, "worker_nodes": nodes}), device=device,
-                 checkpoint=checkpoint, resume=_load_state(tune.get_checkpoint()))
+    run_training(cfg, report=report, device=device, checkpoint=checkpoint,
+                 resume=_load_state(tune.get_checkpoint()))
 
 
 def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
     """The Tune function trainable: one trial, whatever its number of workers."""
-    last: Row | None = None
+    last: Row | None = None  # so that a failure mid-training records how far it got
 
-    def report(row: Row) -> None:
+    def send(row: Row, checkpoint: Any = None) -> None:
         nonlocal last
         last = row
-        tune.report(row)
+        tune.report(row, checkpoint=checkpoint)
 
     try:
         cfg = parse_config(merge_values(base, space_values(config)))
         if cfg.workers == 1 and cfg.launcher == "auto":
-            _train_in_trial(cfg, report)
+            _train_in_trial(cfg, send)
         else:
             _train_with_workers(cfg, storage)
     except Exception as exc:  # a failed trial is a recorded outcome, not a crashed study
