@@ -86,6 +86,14 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
                         f"{exc.strerror or exc} (within {timeout:g} s)") from None
 
 
+def check_ray_flags(args: argparse.Namespace) -> None:
+    """--num-cpus and --address: each valid, and not both (run and resume alike)."""
+    _positive("--num-cpus", args.num_cpus)
+    if args.address and args.num_cpus:
+        raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
+    check_address(args.address)
+
+
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UserError(f"{name} must be >= 1, got {value}")
@@ -96,10 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lbt_study.spec import load_spec
 
     _positive("--trials", args.trials)
-    _positive("--num-cpus", args.num_cpus)
-    if args.address and args.num_cpus:
-        raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
-    check_address(args.address)
+    check_ray_flags(args)
     study, module = load_spec(args.spec)
     if args.trials:
         study = study.model_copy(update={"trials": args.trials})
@@ -149,10 +154,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from lbt_study.resume import read_meta, reconcile
     from lbt_study.spec import load_spec
 
-    _positive("--num-cpus", args.num_cpus)
-    if args.address and args.num_cpus:
-        raise UserError("--num-cpus sizes a local Ray; it cannot be combined with --address")
-    check_address(args.address)
+    check_ray_flags(args)
     run_dir = args.run_dir
     meta = read_meta(run_dir)
     study, module = load_spec(run_dir / "spec.py")
