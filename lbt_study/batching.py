@@ -7,13 +7,26 @@ The global batch size ``B`` is split over ``workers`` data-parallel workers and
 
 Sizes that do not divide are rejected with the numbers shown; a user's batch size is never
 rewritten. ``norm_batch_size`` is the number of examples one normalization statistic sees.
+
+``BatchPlan`` is the layout of one step; ``BatchSchedule`` is all of a trial's batch
+arithmetic, built once from the config and the training-set size: B of every step (batch
+growth included), examples seen after each, warmup steps, the learning rate scaled to B,
+each worker's slice, the batch sizes the noise-scale estimators see, the micro-batches the
+memory probe tries, and the plans after the probe.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TypeVar
 
+from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
+
+T = TypeVar("T")
 
 BATCH_NORMS = ("batch", "ghost_batch", "sync_batch", "hybrid")
 """Norms whose statistics are taken over the batch dimension."""
@@ -96,3 +109,133 @@ def _norm_batch_size(norm: str, micro: int, workers: int, ghost: int | None) -> 
     if norm in ("batch", "hybrid"):
         return micro
     return None
+
+
+def micro_batch_candidates(plan: BatchPlan, ghost: int | None) -> list[int]:
+    """Micro-batches to try, largest first: divisors of the per-worker batch not above the
+    planned micro-batch (and multiples of the ghost batch size for Ghost BN)."""
+    per_worker = plan.per_worker_batch_size
+    return [m for m in range(plan.micro_batch_size, 0, -1)
+            if per_worker % m == 0 and (ghost is None or m % ghost == 0)]
+
+
+def learning_rate(cfg: TrainConfig) -> float:
+    """``lr``, or ``base_lr * (B / lr_ref_batch_size) ** lr_scaling_exponent``."""
+    if cfg.lr is not None:
+        return cfg.lr
+    base = float(cfg.base_lr or 0.0)  # set whenever lr is not (TrainConfig checks it)
+    return base * (cfg.batch_size / cfg.lr_ref_batch_size) ** cfg.lr_scaling_exponent
+
+
+def phase_plans(cfg: TrainConfig) -> dict[int, BatchPlan]:
+    """The batch plan of every growth phase's B (raises ``UserError`` if one does not divide)."""
+    sizes = [cfg.batch_size * mult for _, mult in cfg.growth_phases()]
+    ghost = cfg.ghost_batch_size
+    return {b: make_batch_plan(b, cfg.workers, cfg.accumulation_steps, cfg.norm, ghost)
+            for b in sizes}
+
+
+def step_batch_sizes(cfg: TrainConfig, train_examples: int) -> list[int]:
+    """The global batch size of every step: each growth phase covers its share of the
+    example budget (epochs x train_examples) in ceil(share / B_phase) steps."""
+    budget = cfg.epochs * train_examples
+    phases = cfg.growth_phases()
+    sizes: list[int] = []
+    for i, (frac, mult) in enumerate(phases):
+        end = phases[i + 1][0] if i + 1 < len(phases) else 1.0
+        batch = cfg.batch_size * mult
+        sizes += [batch] * max(1, math.ceil((end - frac) * budget / batch))
+    return sizes
+
+
+def eval_steps(examples_after: list[int], every_examples: int) -> set[int]:
+    """Steps after which to evaluate: step 0, each step whose examples seen cross a multiple
+    of ``every_examples``, and the last step. ``examples_after[s]`` is examples seen after s
+    steps (``examples_after[0] == 0``)."""
+    last = len(examples_after) - 1
+    marks = {0, last}
+    for s in range(1, last + 1):
+        if examples_after[s] // every_examples > examples_after[s - 1] // every_examples:
+            marks.add(s)
+    return marks
+
+
+@dataclass(frozen=True)
+class BatchSchedule:
+    """All of one trial's batch arithmetic (see the module docstring). Steps count from 1;
+    ``examples_after[s]`` is examples seen after s steps (``examples_after[0] == 0``)."""
+
+    step_batch: tuple[int, ...]
+    examples_after: tuple[int, ...]
+    warmup_steps: int
+    learning_rate: float
+    train_examples: int
+    plans: dict[int, BatchPlan]
+    norm: str
+    ghost_batch_size: int | None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, train_examples: int) -> BatchSchedule:
+        """Check and lay out the arithmetic; refuse a warmup not shorter than training."""
+        plans = phase_plans(cfg)
+        sizes = step_batch_sizes(cfg, train_examples)
+        warmup = round(cfg.warmup_epochs * train_examples / cfg.batch_size)
+        if warmup >= len(sizes):
+            raise UserError(f"warmup of {warmup} steps is not shorter than training "
+                            f"({len(sizes)} steps at batch size {cfg.batch_size})")
+        return cls(tuple(sizes), (0, *itertools.accumulate(sizes)), warmup, learning_rate(cfg),
+                   train_examples, plans, cfg.norm, cfg.ghost_batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.step_batch)
+
+    def plan_at(self, step: int) -> BatchPlan:
+        """The plan of step ``step`` (step 0, before training, has the first step's)."""
+        return self.plans[self.step_batch[max(step, 1) - 1]]
+
+    def worker_slice(self, batch: Sequence[T], rank: int, plan: BatchPlan) -> Sequence[T]:
+        """This worker's share of one global batch of indices."""
+        per_worker = plan.per_worker_batch_size
+        return batch[rank * per_worker:][:per_worker]
+
+    def gns_batch_sizes(self, plan: BatchPlan, data_parallel: bool) -> tuple[int, int] | None:
+        """(b, B) of the two-batch-size noise-scale estimate: the per-worker batch against the
+        all-reduced one under DDP, a micro-batch against the accumulated batch on one worker;
+        None when a step gives only one size (one worker without accumulation)."""
+        if data_parallel:
+            return plan.per_worker_batch_size, plan.global_batch_size
+        if plan.accumulation_steps > 1:
+            return plan.micro_batch_size, plan.global_batch_size
+        return None
+
+    def micro_batch_candidates(self, global_batch: int) -> list[int]:
+        """Micro-batches the memory probe tries for B = ``global_batch``, largest first."""
+        ghost = self.ghost_batch_size if self.norm == "ghost_batch" else None
+        return micro_batch_candidates(self.plans[global_batch], ghost)
+
+    def micro_batches(self) -> dict[int, int]:
+        """The micro-batch of every B (what a checkpoint records of the probe)."""
+        return {b: p.micro_batch_size for b, p in self.plans.items()}
+
+    def with_micro_batches(self, micro: dict[int, int]) -> BatchSchedule:
+        """The schedule after the memory probe: B kept, smaller micro-batches accumulated."""
+        plans = {}
+        for b, plan in self.plans.items():
+            accumulation = plan.per_worker_batch_size // int(micro[b])
+            plans[b] = make_batch_plan(b, plan.workers, accumulation, self.norm,
+                                       self.ghost_batch_size)
+        return replace(self, plans=plans)
+
+    def eval_steps(self, every_examples: int) -> set[int]:
+        """Steps after which to evaluate (see ``eval_steps``)."""
+        return eval_steps(list(self.examples_after), every_examples)
+
+    def describe(self) -> str:
+        """The trial's batch arithmetic in one line, printed at its start."""
+        phases = "; then ".join(f"{self.step_batch.count(b)} steps of {p.describe()}"
+                                for b, p in self.plans.items())
+        return (f"{phases}; {self.total_steps} steps, {self.examples_after[-1]} examples "
+                f"({self.examples_after[-1] / self.train_examples:g} epochs of "
+                f"{self.train_examples}), {self.warmup_steps} warmup steps, "
+                f"lr {self.learning_rate:.4g}")

@@ -1,26 +1,27 @@
-"""One trial's configuration: strict (unknown keys fail) and checked before any work starts."""
+"""One trial's configuration: strict and checked before any work starts.
+
+Unknown keys fail, values keep their types (the string "64" is not a batch size, ``True`` is
+not a number), and non-finite numbers are refused. This module only validates: the batch
+arithmetic that follows from a config (steps, warmup, the scaled learning rate, micro-batches)
+is ``lbt_study.batching.BatchSchedule``.
+"""
 
 from __future__ import annotations
 
 import difflib
-import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lbt_study.errors import UserError
 from lbt_study.norms import NORMS
-
-Optimizer = Literal["sgd", "adamw"]
-Schedule = Literal["cosine", "constant"]
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "lars", "lamb")
-SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+from lbt_study.optim import OPTIMIZERS, SCHEDULES
 
 
 class TrainConfig(BaseModel):
     """Everything one training run needs. Field names are the trials-table column names."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     workload: str = "digits"
     model: str | None = None
@@ -137,14 +138,6 @@ class TrainConfig(BaseModel):
             )
         return self
 
-    @property
-    def learning_rate(self) -> float:
-        """``lr``, or ``base_lr * (B / lr_ref_batch_size) ** lr_scaling_exponent``."""
-        if self.lr is not None:
-            return self.lr
-        base = float(self.base_lr or 0.0)  # set whenever lr is not (checked in _check)
-        return base * (self.batch_size / self.lr_ref_batch_size) ** self.lr_scaling_exponent
-
     def growth_phases(self) -> list[tuple[float, int]]:
         """[(start fraction, batch multiplier)], starting with (0.0, 1)."""
         phases = [(0.0, 1)]
@@ -163,24 +156,6 @@ class TrainConfig(BaseModel):
                     f"{last_frac}:{last_mult}")
             phases.append((frac, mult))
         return phases
-
-    def step_batch_sizes(self, train_examples: int) -> list[int]:
-        """The global batch size of every step: each growth phase covers its share of the
-        example budget (epochs x train_examples) in ceil(share / B_phase) steps."""
-        budget = self.epochs * train_examples
-        phases = self.growth_phases()
-        sizes: list[int] = []
-        for i, (frac, mult) in enumerate(phases):
-            end = phases[i + 1][0] if i + 1 < len(phases) else 1.0
-            batch = self.batch_size * mult
-            sizes += [batch] * max(1, math.ceil((end - frac) * budget / batch))
-        return sizes
-
-    def total_steps(self, train_examples: int) -> int:
-        return len(self.step_batch_sizes(train_examples))
-
-    def warmup_steps(self, train_examples: int) -> int:
-        return round(self.warmup_epochs * train_examples / self.batch_size)
 
 
 def parse_config(values: dict[str, object]) -> TrainConfig:

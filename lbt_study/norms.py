@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lbt_study.errors import UserError, unknown_name
-
-NORMS = ("batch", "ghost_batch", "sync_batch", "layer", "group", "instance", "none", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -52,36 +51,33 @@ class NormSpec:
             raise UserError(f"norm_groups must be >= 1, got {self.groups}")
 
 
+NormFactory = Callable[["NormSpec", int, bool], nn.Module]
+"""(spec, num_features, spatial) -> the normalization module."""
+
+
 def make_norm(spec: NormSpec, num_features: int, spatial: bool) -> nn.Module:
     """A normalization layer for ``num_features`` channels of (N, C) or (N, C, H, W) input."""
-    kind = spec.kind
-    if kind == "none":
-        return nn.Identity()
-    if kind == "batch":
-        return nn.BatchNorm2d(num_features) if spatial else nn.BatchNorm1d(num_features)
-    if kind == "ghost_batch":
-        return GhostBatchNorm(num_features, spec.ghost_batch_size or 0)
-    if kind == "sync_batch":
-        return SyncBatchNorm(num_features)
-    if kind == "layer":
-        return nn.GroupNorm(1, num_features) if spatial else nn.LayerNorm(num_features)
-    if kind == "hybrid":
-        return HybridNorm(num_features)
-    if kind == "group":
-        if num_features % spec.groups:
-            raise UserError(
-                f"norm_groups {spec.groups} does not divide a layer's {num_features} channels; "
-                f"allowed: a divisor of {num_features}"
-            )
-        return nn.GroupNorm(spec.groups, num_features)
-    if kind == "instance":
-        if not spatial:
-            raise UserError(
-                "norm 'instance' needs feature maps (a convolutional model); "
-                "this model has vector features: use 'layer' or choose a convolutional model"
-            )
-        return nn.InstanceNorm2d(num_features, affine=True)
-    raise unknown_name("normalization", kind, NORMS)
+    if spec.kind not in NORM_FACTORIES:
+        raise unknown_name("normalization", spec.kind, NORMS)
+    return NORM_FACTORIES[spec.kind](spec, num_features, spatial)
+
+
+def _group(spec: NormSpec, num_features: int, spatial: bool) -> nn.Module:
+    if num_features % spec.groups:
+        raise UserError(
+            f"norm_groups {spec.groups} does not divide a layer's {num_features} channels; "
+            f"allowed: a divisor of {num_features}"
+        )
+    return nn.GroupNorm(spec.groups, num_features)
+
+
+def _instance(spec: NormSpec, num_features: int, spatial: bool) -> nn.Module:
+    if not spatial:
+        raise UserError(
+            "norm 'instance' needs feature maps (a convolutional model); "
+            "this model has vector features: use 'layer' or choose a convolutional model"
+        )
+    return nn.InstanceNorm2d(num_features, affine=True)
 
 
 class GhostBatchNorm(nn.Module):
@@ -219,9 +215,13 @@ class HybridNorm(_BatchNorm):
             var_b, mean_b = torch.var_mean(x, dim=batch_dims, correction=0)
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
-                self.running_mean.lerp_(mean_b.detach(), self.momentum)
-                self.running_var.lerp_(var_b.detach() * (n / max(n - 1, 1)), self.momentum)
                 self.num_batches_tracked += 1
+                # momentum None (as torch.optim.swa_utils.update_bn sets it): a cumulative
+                # average, as BatchNorm keeps one
+                factor = self.momentum if self.momentum is not None else \
+                    1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean_b.detach(), factor)
+                self.running_var.lerp_(var_b.detach() * (n / max(n - 1, 1)), factor)
         else:
             mean_b, var_b = self.running_mean, self.running_var
         layer_dims = tuple(range(1, x.dim()))
@@ -237,3 +237,17 @@ def hybrid_alpha(model: nn.Module) -> float:
     """Mean alpha over the model's HybridNorm layers (NaN if it has none)."""
     alphas = [m.alpha for m in model.modules() if isinstance(m, HybridNorm)]
     return sum(alphas) / len(alphas) if alphas else math.nan
+
+
+NORM_FACTORIES: dict[str, NormFactory] = {
+    "batch": lambda s, n, spatial: nn.BatchNorm2d(n) if spatial else nn.BatchNorm1d(n),
+    "ghost_batch": lambda s, n, spatial: GhostBatchNorm(n, s.ghost_batch_size or 0),
+    "sync_batch": lambda s, n, spatial: SyncBatchNorm(n),
+    "layer": lambda s, n, spatial: nn.GroupNorm(1, n) if spatial else nn.LayerNorm(n),
+    "group": _group,
+    "instance": _instance,
+    "none": lambda s, n, spatial: nn.Identity(),
+    "hybrid": lambda s, n, spatial: HybridNorm(n),
+}
+"""The norm registry: name -> factory, in the order studies list them."""
+NORMS: tuple[str, ...] = tuple(NORM_FACTORIES)

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
+from torch.optim import Optimizer, lr_scheduler
+
+from lbt_study.errors import unknown_name
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -237,3 +239,53 @@ class LAMB(_CheckedOptimizer):
 
 
 __all__ = ["LAMB", "LARS"]
+
+
+# ---------------------------------------------------------------- registries
+
+OptimizerFactory = Callable[..., Optimizer]
+"""(params, lr=, momentum=, weight_decay=, trust_coefficient=) -> optimizer; each factory
+takes the hyperparameters it uses and ignores the rest."""
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda params, lr, momentum, weight_decay, **_: torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay),
+    "adamw": lambda params, lr, weight_decay, **_: torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay),
+    "lars": lambda params, lr, momentum, weight_decay, trust_coefficient, **_: LARS(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient),
+    "lamb": lambda params, lr, weight_decay, **_: LAMB(params, lr=lr, weight_decay=weight_decay),
+}
+"""The optimizer registry: name -> factory."""
+
+
+def make_optimizer(name: str, params: Params, **hyper: float) -> Optimizer:
+    """The optimizer ``name`` from the registry; an unknown name lists the known ones."""
+    if name not in OPTIMIZERS:
+        raise unknown_name("optimizer", name, tuple(OPTIMIZERS))
+    return OPTIMIZERS[name](params, **hyper)
+
+
+ScheduleFactory = Callable[[Optimizer, int], lr_scheduler.LRScheduler]
+"""(optimizer, steps after warmup) -> the schedule that follows the warmup."""
+
+SCHEDULES: dict[str, ScheduleFactory] = {
+    "cosine": lambda opt, steps: lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+    "constant": lambda opt, steps: lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+}
+"""The learning-rate schedule registry: name -> factory."""
+
+
+def make_scheduler(opt: Optimizer, total_steps: int, warmup_steps: int,
+                   kind: str) -> lr_scheduler.LRScheduler:
+    """Linear warmup lr * (t + 1) / warmup for t < warmup (Goyal et al. 2017: reaches lr at
+    the end of warmup), then schedule ``kind`` over the rest (cosine decay towards 0, or a
+    constant lr)."""
+    if kind not in SCHEDULES:
+        raise unknown_name("schedule", kind, tuple(SCHEDULES))
+    main = SCHEDULES[kind](opt, total_steps - warmup_steps)
+    if warmup_steps == 0:
+        return main
+    warm = lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / warmup_steps)
+    return lr_scheduler.SequentialLR(opt, [warm, main], milestones=[warmup_steps])

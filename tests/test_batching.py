@@ -108,3 +108,54 @@ def test_ghost_batch_needs_a_positive_ghost_size(ghost):
 def test_non_positive_or_bool_values_raise(kwargs, name):
     with pytest.raises(UserError, match=name):
         make_batch_plan(**kwargs)
+
+
+# ------------------------------------------------------------------------- BatchSchedule
+
+def _schedule(n=1000, **values):
+    from lbt_study.batching import BatchSchedule
+    from lbt_study.config import TrainConfig
+
+    return BatchSchedule.build(TrainConfig(**{"lr": 0.1, "epochs": 1, **values}), n)
+
+
+def test_schedule_lays_out_every_step_with_batch_growth():
+    s = _schedule(batch_size=100, batch_growth="0.5:2,0.75:4", warmup_epochs=0.25, workers=2)
+    assert s.step_batch == (100,) * 5 + (200,) * 2 + (400,)
+    assert s.examples_after == (0, 100, 200, 300, 400, 500, 700, 900, 1300)
+    assert s.warmup_steps == 2  # 0.25 epochs of 1000 at the first B=100: 2.5 -> 2
+    assert [s.plan_at(k).global_batch_size for k in (0, 1, 5, 6, 8)] == [100, 100, 100, 200, 400]
+    assert s.plan_at(6).micro_batch_size == 100  # 200 over 2 workers
+    assert list(s.worker_slice(list(range(200)), 1, s.plan_at(6))) == list(range(100, 200))
+    assert s.eval_steps(500) == {0, 5, 8}  # 500 examples after step 5, 1000 crossed at 8
+
+
+def test_schedule_scales_the_learning_rate_to_b():
+    s = _schedule(batch_size=1024, lr=None, base_lr=0.1, lr_ref_batch_size=256,
+                  lr_scaling_exponent=0.5)
+    assert s.learning_rate == pytest.approx(0.2)
+
+
+def test_schedule_gives_the_noise_scale_its_two_batch_sizes():
+    one = _schedule(batch_size=64, accumulation_steps=4)
+    assert one.gns_batch_sizes(one.plan_at(1), data_parallel=False) == (16, 64)
+    assert _schedule(batch_size=64).gns_batch_sizes(_schedule(batch_size=64).plan_at(1),
+                                                    data_parallel=False) is None
+    ddp = _schedule(batch_size=64, workers=2, accumulation_steps=2)
+    assert ddp.gns_batch_sizes(ddp.plan_at(1), data_parallel=True) == (32, 64)
+
+
+def test_memory_probe_keeps_b_and_records_the_accumulation():
+    s = _schedule(batch_size=96, workers=2, norm="ghost_batch", ghost_batch_size=8)
+    assert s.micro_batch_candidates(96) == [48, 24, 16, 8]
+    probed = s.with_micro_batches({96: 16})
+    plan = probed.plan_at(1)
+    assert (plan.global_batch_size, plan.micro_batch_size, plan.accumulation_steps,
+            plan.norm_batch_size) == (96, 16, 3, 8)
+    assert s.plan_at(1).micro_batch_size == 48  # the schedule is a value: the old one stays
+    assert "B=96 = 2 workers x 3 accumulation x 16 micro-batch" in probed.describe()
+
+
+def test_schedule_refuses_warmup_not_shorter_than_training():
+    with pytest.raises(UserError, match="warmup of 10 steps is not shorter than training"):
+        _schedule(batch_size=100, warmup_epochs=0.999)

@@ -228,3 +228,18 @@ def test_ghost_batch_spec_needs_a_ghost_size(ghost):
 def test_norm_spec_needs_a_positive_group_count():
     with pytest.raises(UserError, match="norm_groups"):
         NormSpec("group", groups=0)
+
+
+def test_hybrid_norm_running_mean_is_the_data_mean_under_swa_update_bn():
+    """swa_utils.update_bn sets momentum None (a cumulative average); HybridNorm failed on it."""
+    from torch.optim import swa_utils
+
+    from lbt_study.norms import HybridNorm
+
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3) * 2 + 1 for _ in range(4)]
+    norm = HybridNorm(3)
+    swa_utils.update_bn(batches, norm)
+    mean = torch.cat(batches).mean(dim=0)
+    assert torch.allclose(norm.running_mean, mean, atol=1e-6)
+    assert norm.momentum == 0.1  # put back by update_bn
