@@ -37,10 +37,11 @@ from torch import nn
 
 from lbt_study import Study, load_results
 from lbt_study.config import TrainConfig
+from lbt_study.device import GpuSettings, data_bytes, gpu_settings
 from lbt_study.errors import UserError
 from lbt_study.norms import NormSpec
 from lbt_study.preflight import check_study
-from lbt_study.train import GpuSettings, data_bytes, gpu_settings, run_training
+from lbt_study.train import run_training
 from lbt_study.workloads import cifar
 
 LR = 0.1

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from lbt_study.batching import BatchSchedule
 from lbt_study.config import TrainConfig
 from lbt_study.device import PLAIN, GpuSettings, gather, gpu_settings
 from lbt_study.measure import PEAK_FLOPS
@@ -257,7 +258,8 @@ def test_gpu_check_loop_config_times_the_second_half():
     args = gpu_check.parse_args(["--steps", "20"])
     for b, n in ((512, 50_000), (2048, 50_000), (16, 256)):
         config = gpu_check.loop_config(args, b, n)
-        assert config.total_steps(n) == 40 and config.eval_every_examples == 20 * b
+        assert BatchSchedule.build(config, n).total_steps == 40
+        assert config.eval_every_examples == 20 * b
 
 
 @pytest.mark.ray

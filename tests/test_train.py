@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from lbt_study.batching import BatchSchedule
 from lbt_study.config import TrainConfig, parse_config
 from lbt_study.errors import UserError
 from lbt_study.sampling import IndexStream
@@ -40,7 +41,7 @@ def test_constant_schedule_without_warmup():
 def test_lr_scaling_rules(exponent, expected):
     cfg = TrainConfig(batch_size=1024, base_lr=0.1, lr_ref_batch_size=256,
                       lr_scaling_exponent=exponent)
-    assert cfg.learning_rate == pytest.approx(expected)
+    assert BatchSchedule.build(cfg, 1000).learning_rate == pytest.approx(expected)
 
 
 def test_exactly_one_of_lr_and_base_lr():
@@ -106,8 +107,9 @@ def test_warmup_not_shorter_than_training_is_refused():
 def test_batch_growth_schedule_steps_and_examples():
     cfg = TrainConfig(batch_size=100, lr=0.1, epochs=1, batch_growth="0.5:2,0.75:4")
     # 1000 examples: 500 at B=100 (5 steps), 250 at B=200 (2 steps), 250 at B=400 (1 step)
-    assert cfg.step_batch_sizes(1000) == [100] * 5 + [200] * 2 + [400]
-    assert cfg.total_steps(1000) == 8
+    schedule = BatchSchedule.build(cfg, 1000)
+    assert list(schedule.step_batch) == [100] * 5 + [200] * 2 + [400]
+    assert schedule.total_steps == 8
 
 
 @pytest.mark.parametrize("growth", ["0.5", "0.5:2,0.4:4", "0.5:2,0.7:2", "1.5:2", "a:b"])

@@ -1,0 +1,111 @@
+"""The loop of one trial: steps, evaluations at the schedule's marks, divergence, reports."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lbt_study.config import TrainConfig
+from lbt_study.train.rows import Checkpointer, Reporter, Row, RowBuilder
+from lbt_study.train.setup import Parts, assemble
+from lbt_study.train.state import TrainState
+from lbt_study.train.step import timed_step
+
+
+@dataclass
+class Outcome:
+    """How a training run ended, with the trained (unwrapped) model."""
+
+    status: str  # "ok", "diverged" or "oom"
+    steps: int
+    examples_seen: int
+    diverged_step: int | None
+    model: nn.Module = field(repr=False)
+
+
+class Loop:
+    """Runs a trial's steps from ``state.step`` on, reporting every evaluation."""
+
+    def __init__(self, parts: Parts, state: TrainState, report: Reporter,
+                 checkpoint: Checkpointer | None) -> None:
+        self.parts, self.state = parts, state
+        self.report, self.checkpoint = report, checkpoint
+        self.rows = RowBuilder(parts, state)
+        every = parts.cfg.eval_every_examples or parts.schedule.train_examples
+        self.eval_at = parts.schedule.eval_steps(every)
+
+    def emit(self, row: Row) -> None:
+        """Report a row; with a checkpointer, together with the state to resume from."""
+        if self.checkpoint is not None and row["status"] in ("running", "ok"):
+            self.checkpoint(row, self.state.state_dict())
+        else:
+            self.report(row)
+
+    def run(self) -> Outcome:
+        p, state = self.parts, self.state
+        if p.oom_error is not None:
+            self.report(self.rows.stopped(0, "oom", p.oom_error))
+            return Outcome("oom", 0, 0, None, p.model)
+        if state.step == 0:
+            self.emit(self.rows.with_config(self.rows.evaluation(0, "running")))
+        total = p.schedule.total_steps
+        for step in range(state.step + 1, total + 1):
+            mean_loss, seconds, examples = self.advance(step)
+            reason = self.diverged(step, mean_loss)
+            if reason is not None:
+                self.report(self.rows.stopped(step, "diverged", reason))
+                return Outcome("diverged", step, p.schedule.examples_after[step], step, p.model)
+            self.rows.interval.add(mean_loss, seconds, examples)
+            if step == total:
+                self.emit(self.rows.final())
+            elif step in self.eval_at:
+                self.emit(self.rows.evaluation(step, "running"))
+        return Outcome("ok", total, p.schedule.examples_after[-1], None, p.model)
+
+    def advance(self, step: int) -> tuple[float, float, int]:
+        """Take step ``step`` and update the SWA average: (mean minibatch loss over
+        workers, seconds, examples)."""
+        p, state = self.parts, self.state
+        state.step = step
+        plan = p.schedule.plan_at(step)
+        if p.noise is not None:
+            p.noise.use_plan(plan)
+        mean_loss, seconds = timed_step(p, plan, step)
+        state.train_seconds += seconds
+        state.step_times.append(seconds)
+        if p.swa is not None and step >= p.swa_from:
+            p.swa.update_parameters(p.model)
+        return mean_loss, seconds, plan.global_batch_size
+
+    def diverged(self, step: int, mean_loss: float) -> str | None:
+        """Why the run diverged at this step, or None."""
+        if not math.isfinite(mean_loss):
+            return f"non-finite loss at step {step}"
+        if step == 1:
+            self.state.first_loss = mean_loss
+        factor = self.parts.cfg.divergence_factor
+        if factor is not None and mean_loss > factor * self.state.first_loss:
+            return (f"loss {mean_loss:.4g} at step {step} > {factor:g} x the first step's "
+                    f"{self.state.first_loss:.4g}")
+        return None
+
+
+def run_training(
+    cfg: TrainConfig, report: Reporter | None = None, device: torch.device | None = None,
+    checkpoint: Checkpointer | None = None, resume: dict | None = None,
+) -> Outcome:
+    """Train one configuration on this process (one worker of a DDP group, or alone).
+
+    ``report(row)`` gets every evaluation; with ``checkpoint``, evaluations go to
+    ``checkpoint(row, state)`` instead, and ``resume=state`` continues from such a state.
+    Resources are the caller's: on CPU, torch's thread count is left as it is (the Ray
+    runner sets it to the trial's ``cpus_per_worker``).
+    """
+    parts = assemble(cfg, device or torch.device("cpu"), resume)
+    state = TrainState(parts)
+    if resume is not None:
+        state.load_state_dict(resume)
+    return Loop(parts, state, report or (lambda row: None), checkpoint).run()

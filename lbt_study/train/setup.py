@@ -1,0 +1,217 @@
+"""Setting up one trial, in one readable order (``assemble``):
+
+data -> batch schedule -> model with its norms -> GPU placement -> memory probe -> FLOPs ->
+optimizer and learning-rate schedule -> DDP -> noise-scale probe -> SWA.
+
+The probe runs before DDP wraps the model (it may shrink micro-batches; a backward through
+DDP would trigger its reducer), and the module is compiled before DDP wraps it, so DDP's
+``no_sync`` and the noise-scale comm hook work on the compiled module.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim import Optimizer, lr_scheduler, swa_utils
+
+from lbt_study.batching import BatchPlan, BatchSchedule
+from lbt_study.config import TrainConfig
+from lbt_study.device import GpuSettings, data_bytes, gather, gpu_settings, place_data
+from lbt_study.errors import UserError
+from lbt_study.measure import device_peak_flops, flops_per_example, restored
+from lbt_study.norms import NormSpec, use_torch_sync_bn
+from lbt_study.optim import make_optimizer, make_scheduler
+from lbt_study.sampling import IndexStream, StratifiedStream, make_stream
+from lbt_study.train.noise import NoiseScaleProbe
+from lbt_study.workload import Data, Workload, cast_inputs, get_workload
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class Parts:
+    """Everything one trial trains with; ``assemble`` builds it."""
+
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    size: int
+    workload: Workload
+    loss: LossFn
+    data: Data
+    schedule: BatchSchedule
+    stream: IndexStream | StratifiedStream
+    gpu: GpuSettings
+    model: nn.Module
+    train_eval_idx: Tensor
+    oom_error: str | None = None
+    flops_per_example: float = math.nan
+    peak_flops: float = math.nan
+    net: nn.Module | None = None
+    """The module a training step runs: the model, compiled if asked, wrapped in DDP."""
+    ddp: DDP | None = None
+    opt: Optimizer | None = field(default=None, repr=False)
+    sched: lr_scheduler.LRScheduler | None = field(default=None, repr=False)
+    noise: NoiseScaleProbe | None = None
+    swa: swa_utils.AveragedModel | None = None
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Training inputs (in the model's memory format) and targets of ``idx``, on device."""
+        x, y = self.data.x_train, self.data.y_train
+        return self.gpu.prepare(gather(x, idx, self.device)), gather(y, idx, self.device)
+
+    def forward_loss(self, net: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+        """The training loss of one micro-batch (forward and loss under the run's autocast)."""
+        with self.gpu.autocast(self.device):
+            return self.loss(self.gpu.output(net(xb)), yb)
+
+    @property
+    def swa_from(self) -> int:
+        """First step whose weights enter the SWA average."""
+        return math.ceil((self.cfg.swa_start or 1.0) * self.schedule.total_steps)
+
+
+def assemble(cfg: TrainConfig, device: torch.device, resume: dict | None = None) -> Parts:
+    """Build a trial's parts in the order of the module docstring; ``resume`` is a
+    checkpointed state (its micro-batches and model weights are used here, the rest by
+    ``TrainState.load_state_dict``)."""
+    rank, size = world()
+    if size != cfg.workers:
+        raise UserError(f"config asks for {cfg.workers} workers but world size is {size}")
+    workload = get_workload(cfg.workload)
+    loss = training_loss(cfg, workload)
+    data = cast_inputs(workload.load_data(cfg.seed), getattr(torch, cfg.dtype))
+    n = len(data.x_train)
+    schedule = BatchSchedule.build(cfg, n)
+    stream = make_stream(cfg, data.y_train, min(schedule.step_batch), workload.name)
+    model = build_model(cfg, workload, device)
+    gpu, model, data = place(cfg, device, model, data)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # the fixed train-evaluation subset
+    subset = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
+    parts = Parts(cfg, device, rank, size, workload, loss, data, schedule, stream, gpu, model,
+                  subset)
+    if resume is None:
+        fit_memory(parts)
+    else:
+        parts.schedule = schedule.with_micro_batches(resume["micro"])
+        model.load_state_dict(resume["model"])
+    parts.flops_per_example = count_flops(parts)
+    parts.peak_flops = device_peak_flops(device, gpu.peak_dtype(cfg.dtype))
+    _optimize_and_wrap(parts)
+    return parts
+
+
+def _optimize_and_wrap(parts: Parts) -> None:
+    """Optimizer and learning-rate schedule, then DDP, the noise-scale probe and SWA."""
+    cfg, schedule, model, device = parts.cfg, parts.schedule, parts.model, parts.device
+    parts.opt = make_optimizer(cfg.optimizer, model.parameters(), lr=schedule.learning_rate,
+                               momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               trust_coefficient=cfg.trust_coefficient)
+    parts.sched = make_scheduler(parts.opt, schedule.total_steps, schedule.warmup_steps,
+                                 cfg.schedule)
+    net = torch.compile(model) if parts.gpu.compile else model
+    if parts.size > 1:
+        net = parts.ddp = DDP(net, device_ids=[device] if device.type == "cuda" else None)
+    parts.net = net
+    if cfg.measure_gns:
+        parts.noise = NoiseScaleProbe.attach(schedule, model, parts.ddp, cfg.gns_ema, device)
+    parts.swa = swa_utils.AveragedModel(model) if cfg.swa_start else None
+
+
+def training_loss(cfg: TrainConfig, workload: Workload) -> LossFn:
+    """The workload's loss, with label smoothing where asked (cross-entropy workloads only)."""
+    if cfg.label_smoothing == 0:
+        return workload.loss
+    if workload.loss is not nn.functional.cross_entropy:
+        raise UserError(f"label_smoothing needs a cross-entropy loss; workload "
+                        f"{workload.name!r} uses {getattr(workload.loss, '__name__', 'another')}")
+    return functools.partial(nn.functional.cross_entropy, label_smoothing=cfg.label_smoothing)
+
+
+def build_model(cfg: TrainConfig, workload: Workload, device: torch.device) -> nn.Module:
+    """The workload's model with the config's norms, seeded, on the device in ``dtype``."""
+    torch.manual_seed(cfg.seed)
+    norm = NormSpec(cfg.norm, cfg.ghost_batch_size, cfg.norm_groups)
+    model = workload.make_model(cfg.model, norm)
+    model = model.to(device=device, dtype=getattr(torch, cfg.dtype))
+    return use_torch_sync_bn(model) if device.type == "cuda" else model
+
+
+def place(cfg: TrainConfig, device: torch.device, model: nn.Module,
+          data: Data) -> tuple[GpuSettings, nn.Module, Data]:
+    """Resolve the GPU path (``gpu_settings``), then apply it: the model's memory format,
+    where the data lives, and (on CUDA) whether TF32 is allowed, set both ways since a
+    reused trial process keeps torch's global flags."""
+    settings = gpu_settings(cfg, device, model, data_bytes(data))
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = place_data(data, settings, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+        torch.backends.cudnn.allow_tf32 = settings.tf32
+    return settings, model, data
+
+
+def fit_memory(parts: Parts) -> None:
+    """For every planned B, the largest micro-batch whose forward+backward fits on every
+    worker, keeping B by more accumulation; sets ``oom_error`` when none fits. All workers
+    try the same sizes in the same order and agree after each (a worker failing alone would
+    leave the others waiting in a collective)."""
+    cfg, schedule = parts.cfg, parts.schedule
+    if not cfg.probe_memory or (parts.device.type != "cuda" and cfg.fault_oom_above is None):
+        return
+    micro = schedule.micro_batches()
+    for b in sorted(schedule.plans):
+        tried = []
+        for size in schedule.micro_batch_candidates(b):
+            tried.append(size)
+            if _all_fit(parts, size):
+                micro[b] = size
+                break
+        else:
+            parts.oom_error = (f"out of memory at every micro-batch for B={b}: tried "
+                               f"{', '.join(map(str, tried))}")
+            break
+    parts.schedule = schedule.with_micro_batches(micro)
+
+
+def _all_fit(parts: Parts, micro: int) -> bool:
+    """Whether one forward+backward of ``micro`` examples fits on every worker."""
+    fits = torch.tensor([1.0], device=parts.device)
+    limit = parts.cfg.fault_oom_above
+    try:
+        with restored(parts.model):
+            if limit is not None and micro > limit:
+                raise torch.OutOfMemoryError(f"injected: micro-batch {micro} > {limit}")
+            xb, yb = parts.batch(torch.arange(micro) % len(parts.data.x_train))
+            parts.forward_loss(parts.model, xb, yb).backward()
+    except torch.OutOfMemoryError:
+        fits.zero_()
+        if parts.device.type == "cuda":
+            torch.cuda.empty_cache()
+    if parts.size > 1:
+        dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+    return bool(fits.item())
+
+
+def count_flops(parts: Parts) -> float:
+    """Forward+backward FLOPs per example (before DDP wraps the model), if asked."""
+    if not parts.cfg.measure_flops:
+        return math.nan
+    plan: BatchPlan = parts.schedule.plan_at(1)
+    xb, yb = parts.batch(torch.arange(plan.micro_batch_size) % len(parts.data.x_train))
+    return flops_per_example(parts.model, parts.loss, xb, yb)

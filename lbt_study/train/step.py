@@ -1,0 +1,73 @@
+"""One optimizer update over B examples, and its timing."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from lbt_study.batching import BatchPlan
+from lbt_study.train.setup import Parts
+
+
+def train_step(parts: Parts, plan: BatchPlan, step: int) -> Tensor:
+    """Every worker draws the same global batch, takes its slice and runs
+    ``accumulation_steps`` micro-batches (``no_sync`` on all but the last), so DDP averages
+    gradients over exactly B examples. Returns this worker's mean minibatch loss."""
+    cfg, ddp, noise = parts.cfg, parts.ddp, parts.noise
+    idx = parts.stream.take(plan.global_batch_size)
+    mine = parts.schedule.worker_slice(idx, parts.rank, plan)
+    parts.model.train()
+    parts.opt.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=parts.device)
+    micro_batches = mine.split(plan.micro_batch_size)
+    if noise is not None:
+        noise.start_step()
+    for j, part in enumerate(micro_batches):
+        sync = ddp is None or j == len(micro_batches) - 1
+        xb, yb = parts.batch(part)
+        if parts.workload.augment is not None:
+            gen = _augment_generator(parts, hash((cfg.seed, parts.rank, step, j)))
+            xb = parts.gpu.prepare(parts.workload.augment(xb, gen))
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            loss = parts.forward_loss(parts.net, xb, yb)
+            (loss / plan.accumulation_steps).backward()
+        if noise is not None:
+            noise.after_backward()
+        loss_sum += loss.detach().double()
+    if noise is not None:
+        noise.end_step()
+    parts.opt.step()
+    parts.sched.step()
+    return loss_sum / plan.accumulation_steps
+
+
+def _augment_generator(parts: Parts, seed: int) -> torch.Generator:
+    """Augmentation randomness per worker, step and micro-batch, from the seed alone (so a
+    run restarted from a checkpoint draws the same crops and flips as an uninterrupted one)."""
+    return torch.Generator(device=parts.device).manual_seed(seed)
+
+
+def mean_over_workers(parts: Parts, local_mean: Tensor) -> float:
+    """The step's minibatch loss averaged over workers (NaN if any worker's is not finite)."""
+    pair = torch.stack([local_mean, torch.ones_like(local_mean)])
+    if parts.size > 1:
+        dist.all_reduce(pair)
+    return (pair[0] / pair[1]).item()
+
+
+def timed_step(parts: Parts, plan: BatchPlan, step: int) -> tuple[float, float]:
+    """(mean minibatch loss over workers, seconds) of step ``step``, device synchronised."""
+    _sync(parts.device)
+    t0 = time.perf_counter()
+    mean_loss = mean_over_workers(parts, train_step(parts, plan, step))
+    _sync(parts.device)
+    return mean_loss, time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
