@@ -14,35 +14,27 @@ from typing import Any
 
 import optuna
 
-from lbt_study.batching import make_batch_plan
+from lbt_study.batching import phase_plans
 from lbt_study.config import TrainConfig, parse_config
-from lbt_study.errors import UserError
+from lbt_study.errors import UserError, one_line
 from lbt_study.norms import NormSpec
-from lbt_study.spec import Study
+from lbt_study.spec import Study, suggest
 from lbt_study.workload import Workload, get_workload
-
-
-def suggest(study: Study, trial: Any) -> dict[str, Any]:
-    """The trial-config values the space gives for one Optuna trial: the dict it returns, or
-    its suggested parameters when it returns None."""
-    try:
-        returned = study.space(trial)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"space function raised {type(exc).__name__}: {exc}") from None
-    if returned is not None and not isinstance(returned, dict):
-        raise UserError(f"space function must return a dict or None, got {type(returned).__name__}")
-    return dict(trial.params) if returned is None else returned
 
 
 def check_config(values: dict[str, Any], workload: Workload, seen: set[tuple]) -> TrainConfig:
     cfg = parse_config(values)
-    make_batch_plan(cfg.batch_size, cfg.workers, cfg.accumulation_steps, cfg.norm,
-                    cfg.ghost_batch_size)
+    phase_plans(cfg)  # the batch arithmetic of every growth phase divides
     key = (cfg.model, cfg.norm, cfg.ghost_batch_size, cfg.norm_groups)
     if key not in seen:
-        workload.make_model(cfg.model, NormSpec(cfg.norm, cfg.ghost_batch_size, cfg.norm_groups))
+        norm = NormSpec(cfg.norm, cfg.ghost_batch_size, cfg.norm_groups)
+        try:
+            workload.make_model(cfg.model, norm)
+        except UserError:
+            raise
+        except Exception as exc:  # a user's model factory is user code
+            raise UserError(f"workload {cfg.workload!r} could not build model {cfg.model!r} "
+                            f"with norm {cfg.norm!r}: {one_line(exc)}") from None
         seen.add(key)
     return cfg
 

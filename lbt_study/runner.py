@@ -8,6 +8,7 @@ inside the Tune function trainable, the current Tune<->Train pattern.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -35,21 +36,28 @@ import ray.cloudpickle  # noqa: E402
 import ray.train  # noqa: E402
 import ray.train.torch  # noqa: E402
 import torch  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.integration.ray_train import TuneReportCallback  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from lbt_study.config import TrainConfig, parse_config  # noqa: E402
-from lbt_study.errors import UserError  # noqa: E402
-from lbt_study.preflight import suggest  # noqa: E402
+from lbt_study.errors import UserError, one_line  # noqa: E402
+from lbt_study.outcomes import optuna_outcome  # noqa: E402
 from lbt_study.results import (  # noqa: E402
     ResultsWriter,
     history_record,
     trial_record,
 )
-from lbt_study.spec import CONFIG_KEY, Cell, Study, merge_values, space_values  # noqa: E402
+from lbt_study.rundir import RAY_DIR, optuna_url  # noqa: E402
+from lbt_study.spec import (  # noqa: E402
+    CONFIG_KEY,
+    Cell,
+    Study,
+    merge_values,
+    space_values,
+    suggest,
+)
 from lbt_study.train import Row, run_training  # noqa: E402
 
 SLOT = "lbt_cpu"
@@ -62,15 +70,14 @@ HEARTBEAT_SECONDS = 30.0
 
 # ---------------------------------------------------------------- trial side (Ray workers)
 
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
-
-
-def _failed_row(exc: BaseException, last: Row | None) -> Row:
-    return {"status": "failed", "error": _one_line(exc), "objective": math.nan,
-            "step": (last or {}).get("step", 0),
-            "examples_seen": (last or {}).get("examples_seen", 0)}
+def _failed_row(exc: BaseException, last: Row | None, cfg: TrainConfig | None) -> Row:
+    """A failed trial's last row: how far it got, and the config it ran when it parsed one."""
+    row: Row = {"status": "failed", "error": one_line(exc), "objective": math.nan,
+                "step": (last or {}).get("step", 0),
+                "examples_seen": (last or {}).get("examples_seen", 0)}
+    if cfg is not None:
+        row["config_as_run"] = json.dumps(cfg.model_dump())
+    return row
 
 
 STATE_FILE = "state.pt"
@@ -131,13 +138,22 @@ def _callbacks(cfg: TrainConfig, rank: int, name: str, nodes: str,
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker; resumes from the last checkpoint after a failure."""
-    cfg = TrainConfig(**config)
+    """Runs on each Ray Train worker (the config parsed once, by the trial); resumes from the
+    last checkpoint after a failure."""
+    cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
     report, checkpoint = _callbacks(cfg, ctx.get_world_rank(), ctx.get_experiment_name(),
                                     _worker_nodes(), ray.train.report, ray.train.Checkpoint)
-    run_training(cfg, report=report, device=ray.train.torch.get_device(),
-                 checkpoint=checkpoint, resume=_load_state(ray.train.get_checkpoint()))
+    device = ray.train.torch.get_device()
+    _set_threads(cfg, device)
+    run_training(cfg, report=report, device=device, checkpoint=checkpoint,
+                 resume=_load_state(ray.train.get_checkpoint()))
+
+
+def _set_threads(cfg: TrainConfig, device: torch.device) -> None:
+    """A CPU worker computes with the CPUs Ray reserved for it."""
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.cpus_per_worker)
 
 
 def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
@@ -146,7 +162,7 @@ def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
     per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,
-        train_loop_config=cfg.model_dump(),
+        train_loop_config={"cfg": cfg},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
@@ -166,7 +182,8 @@ def _train_in_trial(cfg: TrainConfig, send: Callable[..., None]) -> None:
     report, checkpoint = _callbacks(cfg, 0, tune.get_context().get_trial_id(),
                                     ray.get_runtime_context().get_node_id(), send,
                                     tune.Checkpoint)
-    device = torch.device("cuda") if cfg.gpus_per_worker > 0 else None
+    device = torch.device("cuda" if cfg.gpus_per_worker > 0 else "cpu")
+    _set_threads(cfg, device)
     run_training(cfg, report=report, device=device, checkpoint=checkpoint,
                  resume=_load_state(tune.get_checkpoint()))
 
@@ -180,8 +197,9 @@ def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
         last = row
         tune.report(row, checkpoint=checkpoint)
 
+    cfg: TrainConfig | None = None
     try:
-        cfg = parse_config(merge_values(base, space_values(config)))
+        cfg = parse_config(merge_values(base, space_values(config)))  # the trial's one parse
         if cfg.workers == 1 and cfg.launcher == "auto":
             _train_in_trial(cfg, send)
         else:
@@ -189,7 +207,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
     except Exception as exc:  # a failed trial is a recorded outcome, not a crashed study
         if not isinstance(exc, UserError):
             traceback.print_exc()
-        tune.report(_failed_row(exc, last))
+        tune.report(_failed_row(exc, last, cfg))
 
 
 def _resources_for(config: dict[str, Any], base: dict[str, Any],
@@ -271,26 +289,9 @@ class StudySearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("status", rec["status"])
         ot_trial.set_user_attr("tune_trial_id", trial_id)
-        values = optuna_values(rec, isinstance(self.metric, list))
-        if values is not None:
-            self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
-        elif rec["status"] == "pruned":
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        else:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        state, values = optuna_outcome(rec, isinstance(self.metric, list))
+        self._ot_study.tell(ot_trial, values, state=state)
         self._completed_trials.add(trial_id)
-
-
-def optuna_values(rec: dict[str, Any], multi: bool) -> float | list[float] | None:
-    """What Optuna is told for a recorded trial; None unless it finished with an objective."""
-    value = rec.get("final_objective")
-    if rec["status"] != "ok" or not isinstance(value, float) or not math.isfinite(value):
-        return None
-    if not multi:
-        return value
-    seconds = rec.get("seconds_to_target")
-    finite = isinstance(seconds, float) and math.isfinite(seconds)
-    return [value, seconds if finite else math.inf]
 
 
 class ResultsCallback(tune.Callback):
@@ -299,8 +300,10 @@ class ResultsCallback(tune.Callback):
     and prints one progress line per finished trial."""
 
     def __init__(self, writer: ResultsWriter, study: Study, direction: str, total: int,
-                 progress: Progress, target: float | None = None) -> None:
+                 progress: Progress, target: float | None = None,
+                 announce: Progress | None = None) -> None:
         self.writer, self.study, self.target = writer, study, target
+        self.announce = announce  # a line per trial start: its batch schedule
         self.direction, self.total, self.progress = direction, total, progress
         self.search: StudySearch | None = None
         self.cell_name = study.name
@@ -343,6 +346,9 @@ class ResultsCallback(tune.Callback):
         """Keep one row per step: a trial restarted from a checkpoint reports again from
         there, replacing what it had reported after it (no gaps, no duplicates)."""
         rows = self.rows.setdefault(trial.trial_id, [])
+        if self.announce and result.get("batch_schedule") and \
+                not any("batch_schedule" in r for r in rows):
+            self.announce(f"    {trial.trial_id} started: {result['batch_schedule']}")
         step = result.get("step")
         if step is not None:
             rows[:] = [r for r in rows if r.get("step") is None or r["step"] < step]
@@ -364,7 +370,7 @@ class ResultsCallback(tune.Callback):
         message = None
         if error:
             exc = trial.get_error()
-            message = _one_line(exc) if exc else "trial error"
+            message = one_line(exc) if exc else "trial error"
         wall = time.time() - self.started.get(tid, time.time())
         try:
             values = self.study.trial_values(space_values(trial.config))
@@ -403,7 +409,7 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
             ray.init(num_cpus=cpus, resources={SLOT: cpus}, include_dashboard=None,
                      dashboard_host="127.0.0.1", **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot start or reach Ray at {address or 'local'}: {_one_line(exc)}") \
+        raise UserError(f"cannot start or reach Ray at {address or 'local'}: {one_line(exc)}") \
             from None
     return SLOT in ray.cluster_resources()
 
@@ -433,7 +439,7 @@ def make_search(study: Study, cell: Cell, run_dir: Path, direction: str,
                 enqueue: bool = True) -> StudySearch:
     """OptunaSearch on the cell's study in the run's SQLite database (created, or loaded when
     it exists); the initial points are enqueued only when the study is new."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    storage = optuna.storages.RDBStorage(optuna_url(run_dir))
     mode = "max" if direction == "maximize" else "min"
     return StudySearch(
         space=SpaceOf(study, cell),
@@ -463,8 +469,12 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
               remaining: dict[str, int] | None = None, address: str | None = None,
               num_cpus: int | None = None, spec_module: ModuleType | None = None,
               max_trial_cpus: int = 1, target: float | None = None,
-              progress: Progress = print) -> ResultsWriter:
+              progress: Progress = print,
+              announce: Progress | None = None) -> ResultsWriter:
     """Run every cell of the study to completion; return the writer holding both tables.
+
+    ``progress`` gets a line per finished trial and a heartbeat; ``announce``, if given, a
+    line per trial start with its batch schedule.
 
     ``max_trial_cpus`` is the largest trial (workers x cpus_per_worker) the space gives; see
     ``concurrency``. ``remaining`` (resume) maps cell study names to the trials still to run;
@@ -482,9 +492,9 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
         writer = ResultsWriter(run_dir, keep_existing=resume)
         callback = ResultsCallback(writer, study, direction,
                                    len(writer.trials) + sum(n for _, n in todo), progress,
-                                   target)
+                                   target, announce)
         limit = concurrency(study.max_concurrent_trials, max_trial_cpus, slots, progress)
-        storage = str(run_dir / "ray")
+        storage = str(run_dir / RAY_DIR)
         for cell, n in todo:
             if n > 0:
                 search = make_search(study, cell, run_dir, direction, enqueue=not resume)

@@ -38,7 +38,7 @@ SpaceFn = Callable[[Any], dict[str, Any] | None]
 class Asha(BaseModel):
     """ASHA early stopping with rungs counted in examples seen (fair across batch sizes)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     grace_examples: int = Field(gt=0)
     max_examples: int = Field(gt=0)
@@ -56,7 +56,8 @@ class Asha(BaseModel):
 class Study(BaseModel):
     """What a study searches, over which workload, for how many trials."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True,
+                              strict=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     space: SpaceFn
@@ -165,6 +166,20 @@ class Cell:
         if taken:
             raise UserError(f"the per_batch_size protocol sets {taken}; the space may not")
         return {**suggested, **self.overrides}
+
+
+def suggest(study: Study, trial: Any) -> dict[str, Any]:
+    """The trial-config values the space gives for one Optuna trial: the dict it returns, or
+    its suggested parameters when it returns None."""
+    try:
+        returned = study.space(trial)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"space function raised {type(exc).__name__}: {exc}") from None
+    if returned is not None and not isinstance(returned, dict):
+        raise UserError(f"space function must return a dict or None, got {type(returned).__name__}")
+    return dict(trial.params) if returned is None else returned
 
 
 def merge_values(base: dict[str, Any], suggested: dict[str, Any]) -> dict[str, Any]:

@@ -16,17 +16,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-DIRECTIONS = ("maximize", "minimize")
+from lbt_study.schema import AT_TARGET, DIRECTIONS
 
-# output column -> history column, measured at the first evaluation that reaches the target
-_AT_TARGET: dict[str, str] = {
-    "steps_to_target": "step",
-    "examples_to_target": "examples_seen",
-    "seconds_to_target": "train_seconds",  # training time only, evaluation excluded
-    "epoch_to_target": "epoch",
-    "gap_accuracy_at_target": "gap_accuracy",
-    "gap_loss_at_target": "gap_loss",
-}
 _GAPS = ("gap_accuracy", "gap_loss")
 
 
@@ -68,7 +59,7 @@ def time_to_target(
     first = _one_row_per_trial(history.loc[hit], trials, last=False)
 
     out = pd.DataFrame({"trial_id": trials, "reached": trials.isin(history.loc[hit, "trial_id"])})
-    for name, source in {**_AT_TARGET, "value_at_target": metric}.items():
+    for name, source in {**AT_TARGET, "value_at_target": metric}.items():
         out[name] = _float_column(first, source)
     return out.reset_index(drop=True)
 

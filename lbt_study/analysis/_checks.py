@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from lbt_study.analysis.targets import DIRECTIONS
+from lbt_study.schema import DIRECTIONS, STATUSES
 
 
 def check_direction(direction: str, what: str = "direction") -> None:
@@ -51,8 +51,6 @@ def eligible(trials: pd.DataFrame, statuses: Sequence[str] | None, what: str) ->
     """The rows of ``trials`` whose status is one of ``statuses`` (all rows for None)."""
     if statuses is None:
         return trials
-    from lbt_study.results import STATUSES  # here: results imports this package
-
     for status in as_list(statuses):
         if status not in STATUSES:
             raise ValueError(

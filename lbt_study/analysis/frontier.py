@@ -76,6 +76,21 @@ def steps_to_target_frontier(
     hit = hit.sort_values(
         ["_value", objective], ascending=[True, direction == "minimize"], kind="stable"
     )
+    out = _counts(trials, pool, hit, by)
+    out = out.merge(_best_and_interval(trials, hit, by, name, top_k, n_boot, seed, ci),
+                    on=by, how="left")
+    out["n_pool"] = np.minimum(out["n_reached"], top_k)
+    out["reason"] = _frontier_reason(out, top_k, statuses)
+    out = out.sort_values(by, kind="stable").reset_index(drop=True)
+    columns = [name, f"{name}_lower", f"{name}_upper"]
+    out[columns] = out[columns].astype("float64")
+    return out[[*by, "trial_id", *columns, "n_trials", "n_reached", "n_pool", "reason"]]
+
+
+def _best_and_interval(trials: pd.DataFrame, hit: pd.DataFrame, by: list[str], name: str,
+                       top_k: int, n_boot: int, seed: int, ci: float) -> pd.DataFrame:
+    """Per group of the reaching trials ``hit`` (sorted best first): the best trial, its
+    value (column ``name``) and the bootstrap interval of the minimum over the top k."""
     grouped = hit.groupby(by, dropna=False, sort=False)
     best = grouped.head(1)[[*by, "trial_id", "_value"]].rename(columns={"_value": name})
     ranges = [
@@ -84,15 +99,7 @@ def steps_to_target_frontier(
     ]
     ranges = pd.DataFrame(ranges, columns=[*by, f"{name}_lower", f"{name}_upper"])
     ranges = ranges.astype({c: trials[c].dtype for c in by})  # an empty frame is all object
-
-    out = _counts(trials, pool, hit, by).merge(best, on=by, how="left")
-    out = out.merge(ranges, on=by, how="left")
-    out["n_pool"] = np.minimum(out["n_reached"], top_k)
-    out["reason"] = _frontier_reason(out, top_k, statuses)
-    out = out.sort_values(by, kind="stable").reset_index(drop=True)
-    columns = [name, f"{name}_lower", f"{name}_upper"]
-    out[columns] = out[columns].astype("float64")
-    return out[[*by, "trial_id", *columns, "n_trials", "n_reached", "n_pool", "reason"]]
+    return best.merge(ranges, on=by, how="left")
 
 
 def _counts(trials: pd.DataFrame, pool: pd.DataFrame, hit: pd.DataFrame,
