@@ -1,63 +1,60 @@
 """Analysis: pure functions over the result tables (trials, history) returning DataFrames;
 tested on literal tables. No Ray and no plotting: each function takes the tables as
 ``lbt_study.results.load_results`` returns them and gives back a new DataFrame (or a small
-frozen dataclass of DataFrames and numbers).
-
-The modules that need scipy are imported on first use (PEP 562 ``__getattr__``): the results
-writer imports ``targets`` in every trial process, which should not pay for scipy.
+frozen dataclass of DataFrames and numbers). Nothing here imports the results writer, the
+runner, the report or the CLI (the layering contract in pyproject.toml checks it), so the
+modules are imported plainly: no trial process imports this package.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
+from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
+from lbt_study.analysis.frontier import steps_to_target_frontier
+from lbt_study.analysis.lr import LRScaling, lr_scaling
+from lbt_study.analysis.scaling import (
+    REGIMES,
+    CriticalBatchSize,
+    classify_regimes,
+    critical_batch_size,
+)
+from lbt_study.analysis.summary import (
+    Analyses,
+    AnalysisSettings,
+    Outcome,
+    StudyInfo,
+    add_targets_from_history,
+    analyze,
+    error_counts,
+    gns_curves,
+    gns_of_best,
+    median_gns,
+    status_counts,
+)
 from lbt_study.analysis.targets import final_and_at_target_gap, reached, time_to_target
-
-if TYPE_CHECKING:
-    from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
-    from lbt_study.analysis.frontier import steps_to_target_frontier
-    from lbt_study.analysis.lr import LRScaling, lr_scaling
-    from lbt_study.analysis.scaling import (
-        REGIMES,
-        CriticalBatchSize,
-        classify_regimes,
-        critical_batch_size,
-    )
-    from lbt_study.analysis.throughput import throughput_frontier
-
-_LAZY = {
-    "best_per_batch_size": "best", "gap_by_norm": "best", "pareto_front": "best",
-    "steps_to_target_frontier": "frontier",
-    "LRScaling": "lr", "lr_scaling": "lr",
-    "REGIMES": "scaling", "CriticalBatchSize": "scaling", "classify_regimes": "scaling",
-    "critical_batch_size": "scaling",
-    "throughput_frontier": "throughput",
-}
+from lbt_study.analysis.throughput import throughput_frontier
 
 __all__ = [
     "REGIMES",
+    "Analyses",
+    "AnalysisSettings",
     "CriticalBatchSize",
     "LRScaling",
+    "Outcome",
+    "StudyInfo",
+    "add_targets_from_history",
+    "analyze",
     "best_per_batch_size",
     "classify_regimes",
     "critical_batch_size",
+    "error_counts",
     "final_and_at_target_gap",
     "gap_by_norm",
+    "gns_curves",
+    "gns_of_best",
     "lr_scaling",
+    "median_gns",
     "pareto_front",
     "reached",
+    "status_counts",
     "steps_to_target_frontier",
     "throughput_frontier",
     "time_to_target",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})

@@ -109,7 +109,7 @@ def _regime_points(ax: Axes, frame: pd.DataFrame, y: str) -> None:
                     color=color, capsize=3, zorder=3, label=f"regime: {regime or 'none'}")
 
 
-def _critical_marks(ax: Axes, cbs: CriticalBatchSize) -> None:
+def _critical_marks(ax: Axes, cbs: CriticalBatchSize, excess: float) -> None:
     """Vertical lines at the fitted B_crit (with its interval shaded) and Zhang's."""
     left, right = ax.get_xlim()
     if math.isfinite(cbs.b_crit_fit):
@@ -121,7 +121,7 @@ def _critical_marks(ax: Axes, cbs: CriticalBatchSize) -> None:
                        label=f"{cbs.ci:.0%} interval [{num(lo)}, {num(hi)}]")
     if math.isfinite(cbs.b_crit_zhang):
         ax.axvline(cbs.b_crit_zhang, color="#7a3b92", lw=1, ls=":",
-                   label=f"B_crit 20% rule = {num(cbs.b_crit_zhang)}")
+                   label=f"B_crit {excess:.0%} rule = {num(cbs.b_crit_zhang)}")
     ax.set_xlim(left, right)
 
 
@@ -135,23 +135,25 @@ def _unreached_note(ax: Axes, regimes: pd.DataFrame) -> None:
 
 
 def steps_figure(regimes: pd.DataFrame, examples: pd.DataFrame | None,
-                 cbs: CriticalBatchSize, target: float) -> bytes:
+                 cbs: CriticalBatchSize, target: float, excess: float) -> bytes:
     """Steps (left) and examples (right) to target against B, log-log, with the
-    perfect-scaling line through the smallest B, the McCandlish fit and the regimes."""
+    perfect-scaling line through the smallest B, the line ``excess`` above it (Zhang et al.'s
+    critical batch size is where the steps cross it), the McCandlish fit and the regimes."""
     fig, (ax_s, ax_e) = new_figure(2, height=4.6)
     points = cbs.points[cbs.points["steps"] > 0]
     grid = _grid(points["batch_size"])
     base = float(points["steps"].iloc[0] * points["batch_size"].iloc[0])
     fitted = math.isfinite(cbs.s_min) and math.isfinite(cbs.b_crit_fit)
     ax_s.plot(grid, base / grid, color="#555555", lw=1, label="perfect scaling (steps x B const.)")
-    ax_s.plot(grid, 1.2 * base / grid, color="#aaaaaa", lw=1, ls=":", label="20% above perfect")
+    ax_s.plot(grid, (1 + excess) * base / grid, color="#aaaaaa", lw=1, ls=":",
+              label=f"{excess:.0%} above perfect")
     if fitted:
         ax_s.plot(grid, cbs.s_min * (1 + cbs.b_crit_fit / grid), color="#3b5b92", lw=1.5,
                   label=f"McCandlish fit, S_min = {num(cbs.s_min)}")
     _regime_points(ax_s, regimes, "steps")
     _log2_batch_axis(ax_s, points["batch_size"])
     _log_y(ax_s)
-    _critical_marks(ax_s, cbs)
+    _critical_marks(ax_s, cbs, excess)
     ax_s.set_ylabel("steps to target (best trial)")
     ax_s.set_title(f"Steps to target {target:g}")
     ax_s.legend(fontsize=7, loc="upper right")

@@ -1,0 +1,361 @@
+"""Every analysis of one study, run on its result tables before anything is drawn or worded.
+
+``analyze(trials, history, study, settings=AnalysisSettings())`` runs the analysis functions of
+this package on the trials and history tables (as ``load_results`` returns them) and keeps
+each result as an ``Outcome``: a value, or the reason there is none (no rows, no direction,
+no target, a missing column, or the analysis' own ``ValueError``). Nothing is made up and no
+exception escapes for a finished, partial or failed study. The settings the analyses ran
+with travel in the returned ``Analyses``, so whatever words the results can read them
+instead of repeating the numbers. Pure: tables in, DataFrames and dataclasses out.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from lbt_study.analysis._checks import check_fraction, check_positive
+from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
+from lbt_study.analysis.frontier import steps_to_target_frontier
+from lbt_study.analysis.lr import lr_scaling
+from lbt_study.analysis.scaling import classify_regimes, critical_batch_size
+from lbt_study.analysis.targets import time_to_target
+from lbt_study.analysis.throughput import throughput_frontier
+from lbt_study.schema import STATUSES
+
+GAP_COLUMNS = ("final_gap_accuracy", "final_gap_loss")
+PARETO = (("final_objective", None), ("seconds_to_target", "minimize"))  # None: the study's
+NO_ROWS = "the trials table has no rows: no trial has finished"
+
+
+def _default(fn: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` of ``fn``: the settings follow the analyses."""
+    return inspect.signature(fn).parameters[name].default
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """The parameters the analyses run with (defaults: those of the analysis functions).
+
+    top_k, n_boot, seed, ci: the steps-to-target frontier's bootstrap (``ci`` is also the
+    level of every fitted interval). zhang_excess: Zhang et al. (2024)'s critical batch size
+    is where steps exceed perfect scaling by this fraction. perfect_tol, plateau_tol: the
+    regime thresholds of ``classify_regimes``. statuses: the statuses that compete for best
+    trial, frontier, fits, gaps and the Pareto front; throughput_statuses: those whose speed
+    counts. gns_points_per_trial: the noise-scale curves are thinned to about this many rows.
+    """
+
+    top_k: int = _default(steps_to_target_frontier, "top_k")
+    n_boot: int = _default(steps_to_target_frontier, "n_boot")
+    seed: int = _default(steps_to_target_frontier, "seed")
+    ci: float = _default(steps_to_target_frontier, "ci")
+    zhang_excess: float = _default(critical_batch_size, "excess")
+    perfect_tol: float = _default(classify_regimes, "perfect_tol")
+    plateau_tol: float = _default(classify_regimes, "plateau_tol")
+    statuses: tuple[str, ...] = tuple(_default(best_per_batch_size, "statuses"))
+    throughput_statuses: tuple[str, ...] = tuple(_default(throughput_frontier, "statuses"))
+    gns_points_per_trial: int = 200
+
+    def __post_init__(self) -> None:
+        check_fraction(self.ci, "ci")
+        for name in ("top_k", "n_boot", "zhang_excess", "gns_points_per_trial"):
+            check_positive(getattr(self, name), name)
+        for name in ("perfect_tol", "plateau_tol"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("statuses", "throughput_statuses"):
+            unknown = [s for s in getattr(self, name) if s not in STATUSES]
+            if unknown or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty tuple of {STATUSES}, "
+                                 f"got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What study.json says, and what it could not say (``problems``)."""
+
+    meta: dict[str, Any]
+    direction: str | None
+    target: float | None
+    problems: tuple[str, ...] = ()
+    results_written: str | None = None  # when the trials table was last written
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An analysis result, or the reason there is none (exactly one is set)."""
+
+    value: Any = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Analyses:
+    """Every analysis of one study, and the settings they ran with."""
+
+    study: StudyInfo
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    notes: tuple[str, ...]
+    results: dict[str, Outcome]
+    settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+
+    def value(self, key: str) -> Any:
+        """The value of result ``key`` (None when it has a reason instead)."""
+        return self.results[key].value
+
+
+def attempt(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Outcome:
+    """``fn(*args, **kwargs)`` as an Outcome; an analysis' ValueError becomes its reason."""
+    try:
+        return Outcome(fn(*args, **kwargs))
+    except (ValueError, KeyError) as exc:
+        text = str(exc)
+        return Outcome(reason=f"{what} could not be computed: "
+                              f"{text if len(text) < 400 else text[:400] + ' ...'}")
+
+
+def missing_columns(table: pd.DataFrame, columns: tuple[str, ...], name: str) -> str | None:
+    """A reason naming the columns ``table`` lacks (None when it has them all)."""
+    lacking = [c for c in columns if c not in table.columns]
+    if not lacking:
+        return None
+    return f"the {name} table has no {', '.join(lacking)} column" + ("s" if len(lacking) > 1
+                                                                     else "")
+
+
+def _guard(trials: pd.DataFrame, study: StudyInfo, columns: tuple[str, ...],
+           needs_target: bool = False) -> str | None:
+    """Why an analysis cannot start (no rows, no direction, no target, a missing column)."""
+    if trials.empty:
+        return NO_ROWS
+    if study.direction is None:
+        return ("the objective's direction is unknown (see the study summary); lbt-study "
+                "never guesses it from a name")
+    if needs_target and study.target is None:
+        return "the study has no target, so steps, examples and seconds to target are not measured"
+    return missing_columns(trials, columns, "trials")
+
+
+def _run(trials: pd.DataFrame, study: StudyInfo, columns: tuple[str, ...], what: str,
+         fn: Callable[..., Any], *args: Any, needs_target: bool = False, **kwargs: Any) -> Outcome:
+    """``fn(*args, **kwargs)`` unless ``_guard`` gives a reason not to start."""
+    reason = _guard(trials, study, columns, needs_target)
+    return Outcome(reason=reason) if reason else attempt(what, fn, *args, **kwargs)
+
+
+def _then(previous: Outcome, what: str, fn: Callable[..., Any], **kwargs: Any) -> Outcome:
+    """``fn`` of the previous result, or the previous reason."""
+    return previous if previous.reason else attempt(what, fn, previous.value, **kwargs)
+
+
+def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
+            notes: tuple[str, ...] = (), settings: AnalysisSettings | None = None) -> Analyses:
+    """Run every analysis with ``settings``; each result is an ``Outcome``."""
+    s = settings if settings is not None else AnalysisSettings()
+    d, ok = study.direction, s.statuses
+    results = {"status_counts": Outcome(status_counts(trials)),
+               "errors": Outcome(error_counts(trials))}
+    results["best"] = _run(trials, study, ("batch_size", "final_objective"), "best trial",
+                           best_per_batch_size, trials, d, statuses=ok)
+    results["best_norm"] = _run(trials, study, ("batch_size", "norm", "final_objective"),
+                                "best trial per norm", best_per_batch_size, trials, d,
+                                by=("norm", "batch_size"), statuses=ok)
+    frontier_cols = ("batch_size", "trial_id", "reached_target", "final_objective")
+    for key, metric in (("steps", "steps_to_target"), ("examples", "examples_to_target")):
+        results[key] = _run(trials, study, (*frontier_cols, metric), f"the {metric} frontier",
+                            steps_to_target_frontier, trials, d, metric=metric, top_k=s.top_k,
+                            n_boot=s.n_boot, seed=s.seed, ci=s.ci, statuses=ok,
+                            needs_target=True)
+    results["regimes"] = _then(results["steps"], "regimes", classify_regimes,
+                               perfect_tol=s.perfect_tol, plateau_tol=s.plateau_tol)
+    results["gns"] = gns_of_best(results["best"])
+    results["critical"] = critical_estimates(results["steps"], results["gns"], s)
+    results["gns_curves"] = gns_curves(results["best"], history, trials, d, s)
+    results["lr"] = _run(trials, study, ("batch_size", "learning_rate", "final_objective"),
+                         "lr scaling", lr_scaling, trials, d, ci=s.ci, statuses=ok)
+    results["gap"] = gaps(trials, study, ok)
+    results["throughput"] = throughput(trials, s.throughput_statuses)
+    objectives = [(column, direction or d) for column, direction in PARETO]
+    results["pareto"] = _run(trials, study, ("final_objective", "seconds_to_target"),
+                             "the Pareto front", pareto_front, trials, objectives, statuses=ok,
+                             needs_target=True)
+    return Analyses(study, trials, history, tuple(notes), results, s)
+
+
+def gns_of_best(best: Outcome) -> Outcome:
+    """final_gns_simple of the best trial (by final objective) at each batch size."""
+    if best.reason:
+        return best
+    frame = best.value
+    reason = missing_columns(frame, ("final_gns_simple",), "trials")
+    if reason:
+        return Outcome(reason=reason)
+    rows = frame[frame["n_candidates"] > 0][["batch_size", "trial_id", "final_gns_simple"]]
+    return Outcome(rows.reset_index(drop=True))
+
+
+def median_gns(gns: Outcome) -> tuple[float | None, str]:
+    """The median final_gns_simple over the best trials, and the words for it."""
+    if gns.reason:
+        return None, gns.reason
+    values = pd.to_numeric(gns.value["final_gns_simple"]).dropna()
+    if values.empty:
+        return None, ("no best trial has a final_gns_simple value (it is measured only with "
+                      "more than one worker or with accumulation steps)")
+    return float(values.median()), (f"median final_gns_simple of the best trial at "
+                                    f"{len(values)} of {len(gns.value)} batch sizes")
+
+
+def critical_estimates(steps: Outcome, gns: Outcome, settings: AnalysisSettings) -> Outcome:
+    """``critical_batch_size`` of the steps frontier (and the measured noise scale).
+
+    Value: {"cbs": CriticalBatchSize, "table": one row per method with its interval,
+    S_min, E_min, how it was found, and why it is missing}.
+    """
+    median, gns_words = median_gns(gns)
+    frontier = steps.value if not steps.reason else pd.DataFrame(
+        {"batch_size": pd.Series(dtype=float), "steps": pd.Series(dtype=float)})
+    result = attempt("the critical batch size", critical_batch_size, frontier, gns=median,
+                     ci=settings.ci, excess=settings.zhang_excess)
+    if result.reason:
+        return result
+    table = result.value.estimates()
+    table["reason"] = table["reason"].astype(object)
+    if steps.reason:
+        table.loc[table["method"] != "gns_simple", "reason"] = steps.reason
+    table.loc[table["method"] == "gns_simple", "reason"] = gns_words if median is None else None
+    table["how"] = [f"S(B) = S_min (1 + B_crit/B) fitted to the steps frontier "
+                    f"({settings.ci:.0%} interval)",
+                    f"steps {settings.zhang_excess:.0%} above perfect scaling from the smallest B",
+                    gns_words if median is not None else "no measurement"]
+    table["s_min"] = [result.value.s_min, math.nan, math.nan]
+    table["e_min"] = [result.value.e_min, math.nan, math.nan]
+    table = table[["method", "b_crit", "lower", "upper", "s_min", "e_min", "how", "reason"]]
+    return Outcome({"cbs": result.value, "table": table})
+
+
+def gns_curves(best: Outcome, history: pd.DataFrame, trials: pd.DataFrame,
+               direction: str | None, settings: AnalysisSettings | None = None) -> Outcome:
+    """History rows (examples_seen, gns_simple) to draw, thinned, with the words for them.
+
+    The best trial per B; when none of them measured the noise scale, the best per B among
+    the trials that did (the caption says which). Each trial's rows are thinned to about
+    ``settings.gns_points_per_trial``. Value: {"rows": DataFrame, "caption": str}.
+    """
+    s = settings if settings is not None else AnalysisSettings()
+    if best.reason:
+        return best
+    reason = missing_columns(history, ("trial_id", "examples_seen", "gns_simple"), "history")
+    if reason:
+        return Outcome(reason=reason)
+    rows = _gns_rows(best.value, history)
+    caption = ("Gradient noise scale B_simple over training, for the best trial (by "
+               "final_objective) at each batch size that measured it.")
+    if rows.empty:
+        measured = history.loc[pd.to_numeric(history["gns_simple"]).notna(), "trial_id"]
+        subset = trials[trials["trial_id"].isin(measured)]
+        fallback = attempt("best measuring trial", best_per_batch_size, subset, direction,
+                           statuses=s.statuses)
+        rows = pd.DataFrame() if fallback.reason or subset.empty else _gns_rows(
+            fallback.value, history)
+        caption = ("None of the best trials measured the noise scale: B_simple over training "
+                   "for the best trial at each batch size among those that measured it "
+                   "(more than one worker, or accumulation steps).")
+    if rows.empty:
+        return Outcome(reason="the history has no gns_simple values (the noise scale needs "
+                              "more than one worker or accumulation steps)")
+    position = rows.groupby("trial_id").cumcount()
+    size = rows.groupby("trial_id")["trial_id"].transform("size")
+    every = size // s.gns_points_per_trial + 1
+    return Outcome({"rows": rows[position % every == 0].reset_index(drop=True),
+                    "caption": caption})
+
+
+def _gns_rows(best: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """The history's finite gns_simple rows of the trials in ``best``, by B and examples."""
+    chosen = best[best["n_candidates"] > 0][["trial_id", "batch_size"]]
+    rows = history[["trial_id", "examples_seen", "gns_simple"]].merge(chosen, on="trial_id")
+    rows = rows.assign(gns_simple=pd.to_numeric(rows["gns_simple"]))
+    return rows[rows["gns_simple"].notna()].sort_values(["batch_size", "examples_seen"],
+                                                        kind="stable")
+
+
+def gaps(trials: pd.DataFrame, study: StudyInfo,
+         statuses: tuple[str, ...] = AnalysisSettings.statuses) -> Outcome:
+    """``gap_by_norm`` for the accuracy and the loss gap, stacked with a ``gap`` column."""
+    present = [c for c in GAP_COLUMNS if c in trials.columns]
+    reason = _guard(trials, study, ("batch_size", "norm", "trial_id", "final_objective"))
+    if reason or not present:
+        return Outcome(reason=reason or missing_columns(trials, GAP_COLUMNS, "trials"))
+    parts = []
+    for column in present:
+        got = attempt("the gap by norm", gap_by_norm, trials, study.direction, gap_col=column,
+                      statuses=statuses)
+        if got.reason:
+            return got
+        parts.append(got.value.assign(gap=column))
+    return Outcome(pd.concat(parts, ignore_index=True))
+
+
+def throughput(trials: pd.DataFrame,
+               statuses: tuple[str, ...] = AnalysisSettings.throughput_statuses) -> Outcome:
+    """``throughput_frontier``; it needs no direction."""
+    if trials.empty:
+        return Outcome(reason=NO_ROWS)
+    reason = missing_columns(trials, ("batch_size", "workers", "throughput", "trial_id"), "trials")
+    if reason:
+        return Outcome(reason=reason)
+    return attempt("throughput", throughput_frontier, trials, statuses=statuses)
+
+
+def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials per status: every known status (zero included), then any other seen."""
+    seen = (trials["status"].astype(str).value_counts() if "status" in trials
+            else pd.Series(dtype=int))
+    names = [*STATUSES, *sorted(set(seen.index) - set(STATUSES))]
+    return pd.DataFrame({"status": names, "trials": [int(seen.get(s, 0)) for s in names]})
+
+
+def error_counts(trials: pd.DataFrame) -> pd.DataFrame:
+    """Distinct error messages with their count, statuses and batch sizes (most first)."""
+    if "error" not in trials.columns or trials.empty:
+        return pd.DataFrame()
+    errors = trials[trials["error"].notna() & (trials["error"].astype(str) != "")]
+    if errors.empty:
+        return pd.DataFrame()
+    grouped = errors.groupby(errors["error"].astype(str), sort=False)
+    out = grouped.size().rename("trials").reset_index()
+    for column in ("status", "batch_size"):
+        if column in errors.columns:
+            joined = grouped[column].agg(lambda s: ", ".join(sorted(map(str, s.unique()))))
+            out[column] = joined.to_numpy()
+    return out.sort_values("trials", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def add_targets_from_history(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo
+                             ) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """Older run directories lack the at-target columns: measure them with ``time_to_target``.
+
+    Returns the trials (with reached_target and the at-target columns when they were
+    measured) and the notes saying so (empty when nothing was done).
+    """
+    if "steps_to_target" in trials.columns or trials.empty or study.target is None:
+        return trials, ()
+    if study.direction is None or not {"trial_id", "step", "examples_seen",
+                                       "objective"} <= set(history.columns):
+        return trials, ()
+    found = time_to_target(history, study.target, study.direction)
+    found = found.drop(columns=["epoch_to_target", "value_at_target"])
+    found = found.rename(columns={"reached": "reached_target"})
+    out = trials.drop(columns=[c for c in found.columns if c != "trial_id" and c in trials])
+    out = out.merge(found, on="trial_id", how="left")
+    out["reached_target"] = out["reached_target"].fillna(False).astype(bool)
+    return out, ("the trials table has no steps_to_target column (an older lbt-study wrote "
+                 "it): steps, examples and seconds to target were measured from the history "
+                 "with time_to_target, at the first evaluation reaching the target",)

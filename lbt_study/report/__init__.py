@@ -1,0 +1,98 @@
+"""The study report: every analysis of a run directory, as HTML, Markdown, PNG and CSV.
+
+``write_report(run_dir)`` reads the result tables and study.json (``reading``), runs the
+pure analyses (``lbt_study.analysis.summary.analyze``), turns their output into sections of
+text, tables and figures (``sections``; the figures only draw what the analyses returned,
+see ``figures``), and writes them into the report directory: report.html (self-contained:
+figures embedded as base64 PNG, inline CSS, no scripts; ``html``), report.md (the same
+content, figures as PNG files beside it; ``markdown``) and one CSV per analysis table. An
+analysis that cannot be computed (no target, too few batch sizes, no trial reached the
+target, no noise-scale measurements, ...) shows its reason where its figure would be; no
+number is made up and no exception escapes for a finished, partial or failed study. Every
+string that came from the user (study name, workload, norms, error messages, fixed
+settings, table cells) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lbt_study.analysis.summary import add_targets_from_history, analyze
+from lbt_study.errors import UserError
+from lbt_study.report.document import Figure, Reason, Section, Table, Text
+from lbt_study.report.html import render_html
+from lbt_study.report.markdown import render_markdown
+from lbt_study.report.reading import read_study, read_tables
+from lbt_study.report.sections import FIGURES, SECTIONS, TABLES, build_sections
+from lbt_study.rundir import REPORT_DIR
+
+HTML_FILE, MARKDOWN_FILE = "report.html", "report.md"
+
+__all__ = [
+    "FIGURES",
+    "SECTIONS",
+    "TABLES",
+    "Figure",
+    "Reason",
+    "ReportPaths",
+    "Section",
+    "Table",
+    "Text",
+    "build_sections",
+    "render_html",
+    "render_markdown",
+    "write_report",
+]
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where ``write_report`` put things: the two documents, and each figure and table."""
+
+    out_dir: Path
+    html: Path
+    markdown: Path
+    figures: dict[str, Path]
+    tables: dict[str, Path]
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportPaths:
+    """Analyse the run directory ``run_dir`` and write the report into ``out_dir``.
+
+    ``out_dir`` defaults to ``run_dir / "report"``. Writes report.html, report.md, one PNG
+    per figure and one CSV per analysis table, and returns their paths. Raises ``UserError``
+    only when ``run_dir`` is not a run directory (neither result tables nor study.json).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    trials, history, notes = read_tables(run_dir)
+    study = read_study(run_dir)
+    trials, more = add_targets_from_history(trials, history, study)
+    sections, tables = build_sections(analyze(trials, history, study, (*notes, *more)))
+    title = f"lbt-study report: {study.meta.get('name', run_dir.name)}"
+    return _write(out_dir, title, sections, tables)
+
+
+def _write(out_dir: Path, title: str, sections: list[Section],
+           tables: dict[str, pd.DataFrame]) -> ReportPaths:
+    """Write the documents, figures and CSVs; remove this report's files left from before."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = [item for s in sections for item in s.items if isinstance(item, Figure)]
+    figure_paths = {f.name: out_dir / f"{f.name}.png" for f in shown}
+    table_paths = {name: out_dir / f"{name}.csv" for name in tables}
+    for stale in [*(out_dir / f"{n}.png" for n in FIGURES if n not in figure_paths),
+                  *(out_dir / f"{n}.csv" for n in TABLES if n not in table_paths)]:
+        stale.unlink(missing_ok=True)
+    for figure in shown:
+        figure_paths[figure.name].write_bytes(figure.png)
+    for name, frame in tables.items():
+        frame.to_csv(table_paths[name], index=False)
+    html_path, md_path = out_dir / HTML_FILE, out_dir / MARKDOWN_FILE
+    html_path.write_text(render_html(title, sections), encoding="utf-8")
+    md_path.write_text(render_markdown(title, sections), encoding="utf-8")
+    return ReportPaths(out_dir, html_path, md_path, figure_paths, table_paths)

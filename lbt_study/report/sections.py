@@ -1,0 +1,543 @@
+"""The report's sections: each a declaration, all built by one function, ``build_section``.
+
+A ``SectionSpec`` names its title, the results of ``analyze`` it cannot do without (the first
+reason among them replaces the whole section), a function giving its words, its parts in
+order (tables, figures, free items; a part that needs a result shows that result's reason
+in its place instead) and the full tables it writes as CSV. The words read the analysis
+settings (``Analyses.settings``) rather than repeating their numbers; the figures only draw
+what the analyses returned (``lbt_study.report.figures``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from lbt_study.analysis.lr import RULES
+from lbt_study.analysis.summary import GAP_COLUMNS, Analyses, AnalysisSettings
+from lbt_study.report import figures
+from lbt_study.report.document import (
+    MISSING,
+    Figure,
+    Item,
+    Reason,
+    Section,
+    Table,
+    Text,
+    display,
+    fmt,
+    reasons_of,
+)
+
+Check = Callable[[Analyses], bool]
+Words = Callable[[Analyses], str]
+
+
+def _always(_: Analyses) -> bool:
+    return True
+
+
+def _nothing(_: Analyses) -> list[Item]:
+    return []
+
+
+@dataclass(frozen=True)
+class TablePart:
+    """A table: ``frame`` of the analyses, shown as text; ``csv`` names its full CSV."""
+
+    frame: Callable[[Analyses], pd.DataFrame]
+    columns: Sequence[str] | None = None
+    caption: str = ""
+    csv: str | None = None
+    rows: int | None = None
+    when: Check = _always
+    needs: str | None = None
+
+    def items(self, a: Analyses) -> list[Item]:
+        if not self.when(a):
+            return []
+        columns = None if self.columns is None else list(self.columns)
+        return [Table(display(self.frame(a), columns, self.rows), self.caption, self.csv)]
+
+
+@dataclass(frozen=True)
+class FigurePart:
+    """A figure drawn ``when`` there is something to draw, else the reason ``otherwise``."""
+
+    name: str
+    draw: Callable[[Analyses], bytes]
+    caption: Words
+    when: Check = _always
+    otherwise: Callable[[Analyses], str | None] = lambda _: None
+    needs: str | None = None
+
+    def items(self, a: Analyses) -> list[Item]:
+        if self.when(a):
+            return [Figure(self.name, self.draw(a), self.caption(a))]
+        reason = self.otherwise(a)
+        return [Reason(reason)] if reason else []
+
+
+@dataclass(frozen=True)
+class ItemsPart:
+    """Items made by ``make``; with the default, only the reason of ``needs`` (if any)."""
+
+    make: Callable[[Analyses], list[Item]] = _nothing
+    needs: str | None = None
+
+    def items(self, a: Analyses) -> list[Item]:
+        return self.make(a)
+
+
+Part = TablePart | FigurePart | ItemsPart
+
+
+@dataclass(frozen=True)
+class Csv:
+    """The table ``name``.csv: ``pick`` of result ``key``, written when it has a value."""
+
+    name: str
+    key: str
+    pick: Callable[[Any], pd.DataFrame] = lambda value: value
+    when: Callable[[Any], bool] = lambda _: True
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """One section of the report, declared."""
+
+    title: str
+    needs: tuple[str, ...]
+    intro: Words | None
+    parts: tuple[Part, ...]
+    csv: tuple[Csv, ...]
+
+
+def build_section(spec: SectionSpec, a: Analyses) -> tuple[Section, dict[str, pd.DataFrame]]:
+    """The section ``spec`` declares, and its full tables to write as CSV."""
+    blocked = next((a.results[k].reason for k in spec.needs if a.results[k].reason), None)
+    if blocked:
+        return Section(spec.title, [Reason(blocked)]), {}
+    section = Section(spec.title, [Text(spec.intro(a))] if spec.intro else [])
+    said: set[str] = set()
+    for part in spec.parts:
+        reason = a.results[part.needs].reason if part.needs else None
+        if reason is None:
+            section.items.extend(part.items(a))
+        elif part.needs not in said:
+            section.items.append(Reason(reason))
+            said.add(part.needs)
+    tables = {c.name: c.pick(a.value(c.key)) for c in spec.csv
+              if not a.results[c.key].reason and c.when(a.value(c.key))}
+    return section, tables
+
+
+def build_sections(a: Analyses) -> tuple[list[Section], dict[str, pd.DataFrame]]:
+    """Every section of the report, and the full tables to write as CSV."""
+    sections, tables = [], {}
+    for spec in SECTIONS:
+        section, more = build_section(spec, a)
+        sections.append(section)
+        tables.update(more)
+    return sections, tables
+
+
+# ---------------------------------------------------------------------------------------------
+# Words shared by the sections
+
+
+def target_text(a: Analyses) -> str:
+    """The target as text ("none" when the study has none)."""
+    return "none" if a.study.target is None else f"{a.study.target:g}"
+
+
+def better(a: Analyses) -> str:
+    """"highest" or "lowest": the better end of the objective."""
+    return "highest" if a.study.direction == "maximize" else "lowest"
+
+
+def statuses_words(statuses: Sequence[str]) -> str:
+    """("ok",) as "ok", ("ok", "pruned") as "ok or pruned"."""
+    names = list(statuses)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def ok(a: Analyses) -> str:
+    """The statuses that compete, in words."""
+    return statuses_words(a.settings.statuses)
+
+
+def has_values(key: str, column: str) -> Check:
+    """Whether column ``column`` of result ``key`` has a value."""
+    return lambda a: bool(a.value(key)[column].notna().any())
+
+
+def none_because(words: str, key: str, by: str = "batch_size") -> Callable[[Analyses], str]:
+    """``words``, then the row reasons of result ``key`` by ``by``."""
+    return lambda a: f"{words}: " + reasons_of(a.value(key), by)
+
+
+def pivot_by_norm(frame: pd.DataFrame, values: str) -> pd.DataFrame:
+    """``values`` with a row per norm and a column per batch size ("B=.."), for display."""
+    pivot = frame.pivot(index="norm", columns="batch_size", values=values)
+    pivot.columns = [f"B={fmt(c)}" for c in pivot.columns]
+    return pivot.reset_index()
+
+
+# ---------------------------------------------------------------------------------------------
+# Study summary
+
+
+def summary_rows(a: Analyses) -> pd.DataFrame:
+    """What was asked and what came back, one (field, value) row each."""
+    meta, t = a.study.meta, a.trials
+    counts = a.value("status_counts")
+    by_status = ", ".join(f"{s} {n}" for s, n in zip(counts["status"], counts["trials"],
+                                                      strict=True) if n) or "none"
+    objective = meta.get("objective")
+    rows = [
+        ("study name", meta.get("name", "unknown")),
+        ("workload", meta.get("workload", "unknown")),
+        ("objective", "final_objective: the workload's objective on the validation set"
+                      + (f" ({objective})" if objective else "")),
+        ("direction", a.study.direction or "unknown"),
+        ("target", target_text(a)),
+        ("trials requested", meta.get("trials", "unknown")),
+        ("trials finished (in the table)", f"{len(t)}: {by_status}"),
+        ("batch sizes", _distinct(t, "batch_size")),
+        ("normalizations", _distinct(t, "norm")),
+        ("workers", _distinct(t, "workers")),
+        ("evaluations (history rows)", len(a.history)),
+        ("study created", meta.get("created", "unknown")),
+        ("trials table last modified (file time)", a.study.results_written or "unknown"),
+        ("trial wall time, summed (s)", _sum(t, "wall_seconds")),
+        ("training time, summed (s)", _sum(t, "train_seconds")),
+        ("early stopping (ASHA)", _json(meta.get("asha")) if "asha" in meta else "unknown"),
+        ("sampler", meta.get("sampler", "unknown")),
+        ("lbt-study version", meta.get("lbt_study_version", "unknown")),
+    ]
+    return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def _problems_and_notes(a: Analyses) -> list[Item]:
+    return [*(Reason(p) for p in a.study.problems), *(Text(f"Note: {n}") for n in a.notes)]
+
+
+def _fixed(a: Analyses) -> pd.DataFrame:
+    fixed = a.study.meta.get("fixed")
+    rows = [(str(k), _json(v)) for k, v in fixed.items()] if isinstance(fixed, dict) else []
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def _distinct(table: pd.DataFrame, column: str) -> str:
+    """The distinct values of ``column``, sorted, as one line."""
+    if column not in table.columns or table[column].dropna().empty:
+        return MISSING
+    return ", ".join(fmt(v) for v in sorted(table[column].dropna().unique()))
+
+
+def _sum(table: pd.DataFrame, column: str) -> str:
+    """The sum of ``column`` as text (a dash when it is missing or empty)."""
+    if column not in table.columns:
+        return MISSING
+    return fmt(float(pd.to_numeric(table[column]).sum(min_count=1)))
+
+
+def _json(value: Any) -> str:
+    """A setting's value as JSON text."""
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+SUMMARY = SectionSpec(
+    "Study summary", (), None,
+    (ItemsPart(_problems_and_notes),
+     TablePart(summary_rows),
+     TablePart(lambda a: a.value("status_counts"), caption="Trials by status",
+               csv="status_counts"),
+     TablePart(_fixed, caption="Fixed settings (shared by every trial)",
+               when=lambda a: not _fixed(a).empty),
+     TablePart(lambda a: a.value("errors"), rows=20, caption="Errors of failed trials "
+               "(distinct messages, most frequent first; at most 20)",
+               when=lambda a: not a.value("errors").empty)),
+    (Csv("status_counts", "status_counts"),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Best trial per batch size
+
+BEST_COLUMNS = ("batch_size", "trial_id", "norm", "workers", "learning_rate", "warmup_epochs",
+                "final_objective", "best_objective", "final_gap_accuracy", "steps_to_target",
+                "final_gns_simple", "n_candidates", "reason")
+
+
+def _best_intro(a: Analyses) -> str:
+    return (f"For each batch size, the trial with the {better(a)} final_objective among trials "
+            f"with status {ok(a)} (other hyperparameters tuned separately per batch size, as in "
+            "Shallue et al. 2018). n_candidates: trials that competed.")
+
+
+BEST = SectionSpec(
+    "Best trial per batch size", ("best",), _best_intro,
+    (TablePart(lambda a: a.value("best"), BEST_COLUMNS, csv="best_per_batch_size"),
+     TablePart(lambda a: pivot_by_norm(a.value("best_norm"), "final_objective"),
+               caption="final_objective of the best trial per normalization (rows) and batch "
+               "size (columns)", csv="best_per_norm_and_batch_size", needs="best_norm"),
+     FigurePart("best", lambda a: figures.best_figure(a.value("best_norm"), a.value("best"),
+                                                      a.study.target),
+                lambda _: "Final objective of the best trial per batch size, one line per "
+                "normalization; the grey band joins the best over all normalizations.",
+                has_values("best", "final_objective"),
+                none_because("no batch size has a best trial", "best"), needs="best_norm")),
+    (Csv("best_per_batch_size", "best"), Csv("best_per_norm_and_batch_size", "best_norm")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps to target
+
+FRONTIER_COLUMNS = ("batch_size", "trial_id", "steps", "steps_lower", "steps_upper", "examples",
+                    "examples_ratio", "step_decrease", "regime", "n_trials", "n_reached",
+                    "reason")
+
+
+def _steps_intro(a: Analyses) -> str:
+    s = a.settings
+    return (
+        f"Shallue et al. (2018): for each batch size, the fewest steps any trial with status "
+        f"{ok(a)} needed to first reach the target {target_text(a)} (resolution: the "
+        f"evaluation interval). Error bars: {s.ci:.0%} percentile-bootstrap interval of that "
+        f"minimum over the {s.top_k} fastest reaching trials ({s.n_boot} resamples, seed "
+        f"{s.seed}). Lines: perfect scaling through the smallest batch size (steps x B "
+        f"constant), {s.zhang_excess:.0%} above it (Zhang et al. 2024), and the McCandlish et "
+        "al. (2018) fit S(B) = S_min (1 + B_crit/B), E(B) = E_min (1 + B/B_crit). Regimes: "
+        f"perfect scaling while examples stay within {s.perfect_tol:.0%} of the smallest batch "
+        f"size's (examples_ratio <= {1 + s.perfect_tol:g}), maximal data parallelism once "
+        f"steps fall by less than {s.plateau_tol:.0%} from the previous batch size "
+        f"(step_decrease < {s.plateau_tol:g}), diminishing returns in between.")
+
+
+def _frontier_shown(a: Analyses) -> pd.DataFrame:
+    """The regimes, with the examples frontier beside them when it was computed."""
+    shown, examples = a.value("regimes"), a.results["examples"]
+    if examples.reason:
+        return shown
+    return shown.merge(examples.value[["batch_size", "examples", "examples_lower",
+                                       "examples_upper"]], on="batch_size", how="left")
+
+
+def _steps_drawable(a: Analyses) -> bool:
+    return bool((a.value("steps")["steps"] > 0).any()) and not a.results["critical"].reason
+
+
+def _steps_figure(a: Analyses) -> bytes:
+    return figures.steps_figure(a.value("regimes"), a.value("examples"),
+                                a.value("critical")["cbs"], a.study.target,
+                                a.settings.zhang_excess)
+
+
+def _steps_missing(a: Analyses) -> str:
+    return (f"no batch size has a trial with status {ok(a)} that reached the target "
+            f"{target_text(a)} with steps > 0: " + reasons_of(a.value("steps")))
+
+
+STEPS = SectionSpec(
+    "Steps to target against batch size", ("steps", "regimes"), _steps_intro,
+    (ItemsPart(needs="examples"),
+     FigurePart("steps_to_target", _steps_figure, lambda _: "Steps (left) and examples "
+                "(right) to target of the best trial per batch size, coloured by regime.",
+                _steps_drawable, _steps_missing),
+     TablePart(_frontier_shown, FRONTIER_COLUMNS, csv="steps_to_target")),
+    (Csv("steps_to_target", "steps"), Csv("regimes", "regimes"),
+     Csv("examples_to_target", "examples")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Critical batch size
+
+CRITICAL_COLUMNS = ("method", "b_crit", "lower", "upper", "s_min", "e_min", "how", "reason")
+
+
+def critical_labels(s: AnalysisSettings) -> dict[str, str]:
+    """What each method of ``CriticalBatchSize.estimates`` is called in the report."""
+    return {"mccandlish_fit": "McCandlish et al. 2018 fit",
+            "zhang_20pct": f"Zhang et al. 2024 {s.zhang_excess:.0%} rule",
+            "gns_simple": "gradient noise scale B_simple (measured)"}
+
+
+def _critical_intro(a: Analyses) -> str:
+    return ("McCandlish et al. (2018): steps and examples trade off as "
+            "(S/S_min - 1)(E/E_min - 1) = 1 with B_crit = E_min/S_min, and the simple gradient "
+            "noise scale B_simple = tr(Sigma)/|G|^2 predicts B_crit. Zhang et al. (2024): the "
+            f"batch size at which steps to target are {a.settings.zhang_excess:.0%} above "
+            "perfect linear scaling. A dash means not computed; the reason column says why.")
+
+
+def _critical_shown(a: Analyses) -> pd.DataFrame:
+    table = a.value("critical")["table"]
+    labels = table["method"].map(critical_labels(a.settings)).fillna(table["method"])
+    return table.assign(method=labels)
+
+
+CRITICAL = SectionSpec(
+    "Critical batch size", ("critical",), _critical_intro,
+    (TablePart(_critical_shown, CRITICAL_COLUMNS, csv="critical_batch_size"),
+     TablePart(lambda a: a.value("gns"), caption="final_gns_simple of the best trial per batch "
+               "size", csv="gns", when=lambda a: len(a.value("gns")) > 0, needs="gns"),
+     FigurePart("gns", lambda a: figures.gns_figure(a.value("gns_curves")["rows"]),
+                lambda a: a.value("gns_curves")["caption"], needs="gns_curves")),
+    (Csv("critical_batch_size", "critical", lambda v: v["table"]),
+     Csv("critical_batch_size_points", "critical", lambda v: v["cbs"].points),
+     Csv("gns", "gns", when=lambda v: len(v) > 0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rate and warmup
+
+LR_COLUMNS = ("parameter", "exponent", "exponent_lower", "exponent_upper", "coefficient",
+              "r_squared", "n_points", "linear_rule_in_ci", "sqrt_rule_in_ci", "constant_in_ci",
+              "reason")
+
+
+def _lr_intro(a: Analyses) -> str:
+    linear, sqrt, constant = (RULES[k] for k in ("linear_rule_in_ci", "sqrt_rule_in_ci",
+                                                  "constant_in_ci"))
+    return ("log(value) = a + k log(B) fitted by least squares to the best trial of each batch "
+            "size (learning_rate as used; warmup_epochs, trials without warmup left out); "
+            f"{a.settings.ci:.0%} interval on the exponent k. Reference lines through the "
+            f"smallest batch size's best value: the linear rule k = {linear:g} (Goyal et al. "
+            f"2017) and the square-root rule k = {sqrt:g} (Hoffer et al. 2017); for warmup, "
+            f"constant in epochs (k = {constant:g}, Goyal et al.).")
+
+
+def _lr_notes(a: Analyses) -> list[Item]:
+    """Each fit's reason: a Reason where the fit failed, a note where it only says more."""
+    fits = a.value("lr").fits
+    return [Reason(f"{fit.parameter}: {fit.reason}") if pd.isna(fit.exponent)
+            else Text(f"Note: {fit.parameter}: {fit.reason}")
+            for fit in fits[fits["reason"].notna()].itertuples()]
+
+
+def _lr_missing(a: Analyses) -> str | None:
+    if a.value("lr").fits["reason"].notna().any():
+        return None  # the fits' reasons already say why
+    return "no batch size has a best trial with a learning_rate > 0"
+
+
+LR = SectionSpec(
+    "Learning rate and warmup against batch size", ("lr",), _lr_intro,
+    (TablePart(lambda a: a.value("lr").fits, LR_COLUMNS, csv="lr_scaling"),
+     ItemsPart(_lr_notes),
+     FigurePart("lr_scaling", lambda a: figures.lr_figure(a.value("lr"), "learning_rate",
+                                                          "warmup_epochs"),
+                lambda _: "Best trial's learning rate (and warmup) per batch size, the fitted "
+                "power law and the reference rules.",
+                lambda a: bool((pd.to_numeric(a.value("lr").points["learning_rate"]) > 0).any()),
+                _lr_missing)),
+    (Csv("lr_scaling", "lr", lambda v: v.fits),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generalization gap
+
+
+def _gap_intro(a: Analyses) -> str:
+    return ("final_gap_accuracy = train accuracy - validation accuracy and final_gap_loss = "
+            "validation loss - train loss at the last evaluation, of the best trial (by "
+            f"final_objective, status {ok(a)}) for each normalization and batch size (Keskar et "
+            f"al. 2017; Hoffer et al. 2017). gap_median: median over all {ok(a)} trials there.")
+
+
+def _gap_columns(a: Analyses) -> list[str]:
+    """The gaps measured: final_gap_accuracy, final_gap_loss, or both."""
+    return [c for c in GAP_COLUMNS if a.value("gap")["gap"].eq(c).any()]
+
+
+def _gap_tables(a: Analyses) -> list[Item]:
+    """One table per gap: norms as rows, batch sizes as columns."""
+    gap = a.value("gap")
+    return [Table(display(pivot_by_norm(gap[gap["gap"] == column], "gap_of_best")),
+                  f"{column} of the best trial", "gap_by_norm") for column in _gap_columns(a)]
+
+
+GAP = SectionSpec(
+    "Generalization gap against batch size, by normalization", ("gap",), _gap_intro,
+    (ItemsPart(_gap_tables),
+     FigurePart("gap_by_norm", lambda a: figures.gap_figure(a.value("gap"), _gap_columns(a)),
+                lambda _: "Generalization gap of the best trial against batch size, one line "
+                "per normalization.", has_values("gap", "gap_of_best"),
+                none_because("no best trial has a gap value", "gap", "norm"))),
+    (Csv("gap_by_norm", "gap"),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+
+THROUGHPUT_COLUMNS = ("batch_size", "workers", "trial_id", "throughput", "n_trials",
+                      "speedup_vs_smallest_batch", "efficiency_workers", "reason")
+
+
+def _throughput_intro(a: Analyses) -> str:
+    return ("throughput: training examples per second (evaluation excluded) of the fastest "
+            f"trial with status {statuses_words(a.settings.throughput_statuses)} per (batch "
+            "size, workers). speedup_vs_smallest_batch: throughput over that at the smallest "
+            "batch size on the same workers. efficiency_workers: throughput(B, w) / (w x "
+            "throughput(B, 1)), 1 = perfect scaling over workers at a fixed global batch (as "
+            "in Goyal et al. 2017).")
+
+
+THROUGHPUT = SectionSpec(
+    "Throughput against batch size and workers", ("throughput",), _throughput_intro,
+    (TablePart(lambda a: a.value("throughput"), THROUGHPUT_COLUMNS, csv="throughput"),
+     FigurePart("throughput", lambda a: figures.throughput_figure(a.value("throughput")),
+                lambda _: "Throughput, batch scaling and (when measured) worker scaling "
+                "efficiency against batch size.", has_values("throughput", "throughput"),
+                none_because("no throughput measured", "throughput"))),
+    (Csv("throughput", "throughput"),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto front
+
+PARETO_COLUMNS = ("trial_id", "batch_size", "norm", "workers", "learning_rate",
+                  "final_objective", "seconds_to_target", "steps_to_target")
+
+
+def _competing(a: Analyses) -> int:
+    """Trials that competed for the Pareto front."""
+    return int(a.value("pareto")["reason"].isna().sum())
+
+
+def _on_front(a: Analyses) -> pd.DataFrame:
+    front = a.value("pareto")
+    return front[front["on_front"]]
+
+
+def _pareto_intro(a: Analyses) -> str:
+    return (f"Trials with status {ok(a)} that reached the target {target_text(a)}: "
+            f"{_competing(a)} competed, {len(_on_front(a))} on the front ({better(a)} "
+            "final_objective, lowest seconds_to_target = training seconds to the first "
+            "evaluation reaching the target).")
+
+
+def _pareto_missing(a: Analyses) -> str:
+    kinds = a.value("pareto")["reason"].value_counts()
+    return "no trial competed: " + "; ".join(f"{n} trials: {r}" for r, n in kinds.items())
+
+
+PARETO = SectionSpec(
+    "Pareto front: final objective and time to target", ("pareto",), _pareto_intro,
+    (FigurePart("pareto", lambda a: figures.pareto_figure(a.value("pareto"), "seconds_to_target",
+                                                          "final_objective"),
+                lambda _: "Every competing trial; the Pareto front in orange.",
+                lambda a: _competing(a) > 0, _pareto_missing),
+     TablePart(_on_front, PARETO_COLUMNS, "Trials on the front", "pareto",
+               when=lambda a: _competing(a) > 0)),
+    (Csv("pareto", "pareto"),))
+
+
+SECTIONS = (SUMMARY, BEST, STEPS, CRITICAL, LR, GAP, THROUGHPUT, PARETO)
+FIGURES = tuple(p.name for spec in SECTIONS for p in spec.parts if isinstance(p, FigurePart))
+TABLES = tuple(c.name for spec in SECTIONS for c in spec.csv)

@@ -1,0 +1,210 @@
+"""analyze and its helpers on literal tables: counts, the noise scale of the best trials, the
+at-target columns of older tables, and the settings carried into the report's words."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+
+from lbt_study.analysis import (
+    AnalysisSettings,
+    Outcome,
+    StudyInfo,
+    add_targets_from_history,
+    analyze,
+    error_counts,
+    gns_curves,
+    gns_of_best,
+    median_gns,
+    status_counts,
+)
+from lbt_study.report.document import Reason, Table, Text
+from lbt_study.report.sections import CRITICAL, STEPS, THROUGHPUT, build_section
+
+NAN = math.nan
+STUDY = StudyInfo({"name": "literal"}, "maximize", 0.9)
+# One ok trial per batch size; steps to target S(B) = 100 (1 + 128 / B) (McCandlish et al.):
+# examples ratios S B / (S0 B0) = 1, 1.2, 1.6, 2.4, 4 and step decreases -, 0.4, 1/3, 1/4, 1/6.
+TRIALS = pd.DataFrame({
+    "trial_id": ["t32", "t64", "t128", "t256", "t512"],
+    "status": ["ok"] * 5,
+    "error": [None] * 5,
+    "batch_size": [32, 64, 128, 256, 512],
+    "norm": ["batch"] * 5,
+    "workers": [1] * 5,
+    "learning_rate": [0.1, 0.2, 0.4, 0.8, 1.6],
+    "warmup_epochs": [0.5] * 5,
+    "final_objective": [0.95, 0.95, 0.94, 0.93, 0.92],
+    "reached_target": [True] * 5,
+    "steps_to_target": [500.0, 300.0, 200.0, 150.0, 125.0],
+    "examples_to_target": [16000.0, 19200.0, 25600.0, 38400.0, 64000.0],
+    "seconds_to_target": [5.0, 3.0, 2.0, 1.5, 1.25],
+    "throughput": [100.0, 190.0, 350.0, 600.0, 900.0],
+    "final_gns_simple": [100.0, NAN, 140.0, 160.0, 180.0],
+    "final_gap_accuracy": [0.01, 0.02, 0.03, 0.04, 0.05],
+    "final_gap_loss": [0.02, 0.03, 0.04, 0.05, 0.06],
+})
+HISTORY = pd.DataFrame({
+    "trial_id": ["t32", "t32", "t32"],
+    "step": [0, 250, 500],
+    "examples_seen": [0, 8000, 16000],
+    "objective": [0.1, 0.5, 0.95],
+    "gns_simple": [50.0, 80.0, 100.0],
+})
+
+
+def words(a) -> str:
+    """Every text of the steps, critical and throughput sections, table cells included."""
+    parts = []
+    for spec in (STEPS, CRITICAL, THROUGHPUT):
+        section, _ = build_section(spec, a)
+        for item in section.items:
+            if isinstance(item, Text | Reason):
+                parts.append(item.text)
+            elif isinstance(item, Table):
+                parts.extend(str(v) for v in item.frame.to_numpy().ravel())
+    return "\n".join(parts)
+
+
+def test_status_counts_lists_every_known_status_then_the_others():
+    trials = pd.DataFrame({"status": ["ok", "failed", "ok", "lost", "oom"]})
+    expected = pd.DataFrame({"status": ["ok", "pruned", "diverged", "oom", "failed", "lost"],
+                             "trials": [2, 0, 0, 1, 1, 1]})
+    assert_frame_equal(status_counts(trials), expected)
+    assert status_counts(pd.DataFrame())["trials"].tolist() == [0, 0, 0, 0, 0]
+
+
+def test_error_counts_groups_messages_most_frequent_first():
+    trials = pd.DataFrame({
+        "status": ["failed", "oom", "failed", "ok", "failed"],
+        "batch_size": [64, 32, 32, 16, 64],
+        "error": ["CUDA out of memory", "worker died", "CUDA out of memory", None, ""],
+    })
+    expected = pd.DataFrame({"error": ["CUDA out of memory", "worker died"], "trials": [2, 1],
+                             "status": ["failed", "oom"], "batch_size": ["32, 64", "32"]})
+    assert_frame_equal(error_counts(trials), expected)
+    assert error_counts(trials.drop(columns="error")).empty
+    assert error_counts(trials.assign(error=None)).empty
+
+
+def test_gns_of_best_keeps_batch_sizes_with_a_best_trial_and_takes_the_median():
+    best = pd.DataFrame({"batch_size": [16, 32, 64, 128, 256],
+                         "trial_id": ["a", "b", None, "d", "e"],
+                         "final_gns_simple": [100.0, NAN, NAN, 160.0, 400.0],
+                         "n_candidates": [2, 1, 0, 3, 1]})
+    gns = gns_of_best(Outcome(best))
+    assert gns.value["batch_size"].tolist() == [16, 32, 128, 256]
+    median, how = median_gns(gns)
+    assert median == 160.0  # the mean would be 220
+    assert how == "median final_gns_simple of the best trial at 3 of 4 batch sizes"
+    none, why = median_gns(gns_of_best(Outcome(best.assign(final_gns_simple=NAN))))
+    assert none is None and "no best trial has a final_gns_simple value" in why
+    assert gns_of_best(Outcome(reason="no rows")).reason == "no rows"
+    assert "no final_gns_simple column" in gns_of_best(
+        Outcome(best.drop(columns="final_gns_simple"))).reason
+
+
+def test_gns_curves_thin_each_trial_to_the_settings_points():
+    best = pd.DataFrame({"batch_size": [32], "trial_id": ["t"], "n_candidates": [1]})
+    history = pd.DataFrame({"trial_id": ["t"] * 10, "examples_seen": range(0, 100, 10),
+                            "gns_simple": [float(i) for i in range(10)]})
+    curves = gns_curves(Outcome(best), history, best, "maximize",
+                        AnalysisSettings(gns_points_per_trial=3))
+    assert curves.value["rows"]["examples_seen"].tolist() == [0, 40, 80]  # every 10 // 3 + 1
+    every = gns_curves(Outcome(best), history, best, "maximize")
+    assert len(every.value["rows"]) == 10
+    silent = gns_curves(Outcome(best), history.assign(gns_simple=NAN), best, "maximize")
+    assert "no gns_simple values" in silent.reason
+
+
+def test_add_targets_from_history_measures_the_first_evaluation_at_the_target():
+    old = TRIALS[["trial_id", "status", "batch_size"]].head(1)
+    out, notes = add_targets_from_history(old, HISTORY, STUDY)
+    assert out.loc[0, "reached_target"] and out.loc[0, "steps_to_target"] == 500
+    assert out.loc[0, "examples_to_target"] == 16000
+    assert len(notes) == 1 and "measured from the history with time_to_target" in notes[0]
+    same, none = add_targets_from_history(TRIALS, HISTORY, STUDY)
+    assert same is TRIALS and none == ()
+    untouched, _ = add_targets_from_history(old, HISTORY, StudyInfo({}, "maximize", None))
+    assert "steps_to_target" not in untouched
+
+
+def test_default_settings_are_the_analysis_functions_defaults():
+    s = AnalysisSettings()
+    assert (s.top_k, s.n_boot, s.seed, s.ci) == (3, 1000, 0, 0.95)
+    assert (s.zhang_excess, s.perfect_tol, s.plateau_tol) == (0.2, 0.2, 0.1)
+    assert (s.statuses, s.throughput_statuses) == (("ok",), ("ok", "pruned"))
+    a = analyze(TRIALS, HISTORY, STUDY)
+    assert a.settings == s
+    text = words(a)
+    assert "20% above it (Zhang et al. 2024)" in text and "(examples_ratio <= 1.2)" in text
+    assert "less than 10% from the previous batch size (step_decrease < 0.1)" in text
+    assert "Zhang et al. 2024 20% rule" in text
+    table = a.value("critical")["table"].set_index("method")
+    assert table.loc["zhang_20pct", "b_crit"] == pytest.approx(64)
+
+
+def test_a_zhang_excess_of_30_percent_moves_the_estimate_and_the_words():
+    a = analyze(TRIALS, HISTORY, STUDY, settings=AnalysisSettings(zhang_excess=0.3))
+    assert a.settings.zhang_excess == 0.3
+    table = a.value("critical")["table"].set_index("method")
+    # ratio 1.3 lies between 1.2 (B = 64) and 1.6 (B = 128), interpolated in log-log
+    expected = 64 * 2 ** (math.log(1.3 / 1.2) / math.log(1.6 / 1.2))
+    assert table.loc["zhang_20pct", "b_crit"] == pytest.approx(expected)
+    assert table.loc["zhang_20pct", "how"] == "steps 30% above perfect scaling from the smallest B"
+    text = words(a)
+    assert "30% above it (Zhang et al. 2024)" in text
+    assert "steps to target are 30% above perfect linear scaling" in text
+    assert "Zhang et al. 2024 30% rule" in text
+    # the regime threshold is a setting of its own, still 0.2: the only "20%" left
+    assert text.count("20%") == 1 and "within 20% of the smallest" in text
+
+
+def test_regime_thresholds_reach_the_labels_and_the_words():
+    a = analyze(TRIALS, HISTORY, STUDY,
+                settings=AnalysisSettings(perfect_tol=0.1, plateau_tol=0.5))
+    regimes = a.value("regimes").set_index("batch_size")["regime"]
+    # 64: ratio 1.2 > 1.1 and steps fell by 0.4 < 0.5: a plateau under these thresholds
+    assert regimes.tolist() == ["perfect scaling"] + ["maximal data parallelism"] * 4
+    text = words(a)
+    assert "within 10% of the smallest batch size's (examples_ratio <= 1.1)" in text
+    assert "less than 50% from the previous batch size (step_decrease < 0.5)" in text
+    default = analyze(TRIALS, HISTORY, STUDY).value("regimes")["regime"].tolist()
+    assert default == ["perfect scaling"] * 2 + ["diminishing returns"] * 3
+
+
+def test_bootstrap_and_status_settings_reach_the_analyses_and_the_words():
+    trials = pd.concat([TRIALS, TRIALS.head(1).assign(trial_id="fast", status="pruned",
+                                                      throughput=1000.0)], ignore_index=True)
+    s = AnalysisSettings(top_k=2, n_boot=50, seed=7, ci=0.9, throughput_statuses=("ok",))
+    a = analyze(trials, HISTORY, STUDY, settings=s)
+    text = words(a)
+    assert "90% percentile-bootstrap interval" in text
+    assert "over the 2 fastest reaching trials (50 resamples, seed 7)" in text
+    assert "of the fastest trial with status ok per (batch size, workers)" in text
+    assert a.value("throughput").loc[0, "trial_id"] == "t32"  # the pruned one does not count
+    default = analyze(trials, HISTORY, STUDY)
+    assert default.value("throughput").loc[0, "trial_id"] == "fast"
+    assert "with status ok or pruned per" in words(default)
+
+
+@pytest.mark.parametrize("bad", [{"ci": 1.5}, {"top_k": 0}, {"zhang_excess": 0},
+                                 {"plateau_tol": -0.1}, {"statuses": ("done",)},
+                                 {"throughput_statuses": ()}])
+def test_settings_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError):
+        AnalysisSettings(**bad)
+
+
+def test_analyze_says_why_instead_of_raising():
+    empty = analyze(pd.DataFrame(), pd.DataFrame(), STUDY)
+    assert empty.results["best"].reason == "the trials table has no rows: no trial has finished"
+    assert empty.results["throughput"].reason == empty.results["best"].reason
+    blind = analyze(TRIALS, HISTORY, StudyInfo({}, None, 0.9))
+    assert "never guesses it" in blind.results["best"].reason
+    assert blind.results["throughput"].reason is None  # needs no direction
+    no_target = analyze(TRIALS, HISTORY, StudyInfo({}, "maximize", None))
+    assert "the study has no target" in no_target.results["steps"].reason
