@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from lbt_study import __version__
 from lbt_study.errors import UserError
+from lbt_study.rundir import OPTUNA_DB, SPEC, STUDY_JSON, check_optuna_db, read_study_json
 
 EXIT_USAGE = 2
 
@@ -129,7 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_study(study, run_dir, direction, address=args.address,
               num_cpus=args.num_cpus, spec_module=module, max_trial_cpus=checked.max_trial_cpus,
               target=target,
-              progress=lambda line: print(line, flush=True))
+              progress=lambda line: print(line, flush=True),
+              announce=lambda line: print(line, flush=True))
     print(f"finished in {time.time() - t0:.0f} s\n")
     return _finish(run_dir, args.no_report)
 
@@ -157,7 +159,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     check_ray_flags(args)
     run_dir = args.run_dir
     meta = read_meta(run_dir)
-    study, module = load_spec(run_dir / "spec.py")
+    study, module = load_spec(run_dir / SPEC)
     study = study.model_copy(update={"trials": meta.get("trials_per_search", meta["trials"])})
     checked = check_study(study)
     state = reconcile(run_dir, study.cells())
@@ -170,7 +172,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         run_study(study, run_dir, meta["objective_direction"], remaining=state.remaining,
                   address=args.address, num_cpus=args.num_cpus, spec_module=module,
                   max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
-                  progress=lambda line: print(line, flush=True))
+                  progress=lambda line: print(line, flush=True),
+                  announce=lambda line: print(line, flush=True))
     return _finish(run_dir, args.no_report)
 
 
@@ -196,8 +199,8 @@ def _write_meta(run_dir: Path, study: Any, spec: str, direction: str, total: int
             "objective_direction": direction, "target": target,
             "asha": study.asha.model_dump() if study.asha else None,
             "lbt_study_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run_dir / "study.json").write_text(json.dumps(meta, indent=2, default=str))
-    (run_dir / "spec.py").write_text(Path(spec).read_text())
+    (run_dir / STUDY_JSON).write_text(json.dumps(meta, indent=2, default=str))
+    (run_dir / SPEC).write_text(Path(spec).read_text())
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -205,16 +208,17 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     from lbt_study.results import load_results
 
-    if not Path(args.run_dir).is_dir():
-        raise UserError(f"run directory not found: {args.run_dir}")
-    trials, history = load_results(args.run_dir)
-    meta_path = Path(args.run_dir) / "study.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    trials, history = load_results(run_dir)
+    meta = read_study_json(run_dir) or {}
+    _check_database(run_dir)
     ascending = meta.get("objective_direction") == "minimize"
     counts = trials["status"].value_counts().to_dict()
     print(f"{len(trials)} trials ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
-          f"{len(history)} evaluations, {trials['batch_size'].nunique()} batch sizes, "
-          f"{trials['norm'].nunique()} normalizations")
+          f"{len(history)} evaluations, {_distinct(trials, 'batch_size')} batch sizes, "
+          f"{_distinct(trials, 'norm')} normalizations")
     cols = ["optuna_trial_number", "status", "batch_size", "workers", "norm", "learning_rate",
             "warmup_epochs", "final_objective", "final_gap_accuracy", "throughput",
             "wall_seconds"]
@@ -223,6 +227,21 @@ def cmd_results(args: argparse.Namespace) -> int:
                            "display.float_format", "{:.4g}".format):
         print(top[[c for c in cols if c in top.columns]].to_string(index=False))
     return 0
+
+
+def _check_database(run_dir: Path) -> None:
+    """A damaged Optuna database is reported, not summarised around: the study could not be
+    resumed from it. (A run directory of tables alone, without one, is fine.)"""
+    if (run_dir / OPTUNA_DB).exists():
+        try:
+            check_optuna_db(run_dir)
+        except UserError as exc:
+            raise UserError(f"{exc} (the result tables are readable: "
+                            "lbt_study.load_results)") from None
+
+
+def _distinct(trials: Any, column: str) -> int:
+    return trials[column].nunique() if column in trials.columns else 0
 
 
 def main(argv: list[str] | None = None) -> int:

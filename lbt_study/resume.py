@@ -10,8 +10,6 @@ now told its recorded outcome) or interrupted (not in the table: told FAIL and m
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,19 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from lbt_study.errors import UserError
-from lbt_study.results import TRIALS, load_results
+from lbt_study.outcomes import optuna_outcome
+from lbt_study.rundir import (
+    HISTORY,
+    OPTUNA_DB,
+    SPEC,
+    STUDY_JSON,
+    TRIALS,
+    check_optuna_db,
+    has_table,
+    optuna_url,
+    read_study_json,
+    read_table,
+)
 from lbt_study.spec import Cell
 
 
@@ -41,37 +51,41 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     """study.json of a run directory, or a one-line error saying what is wrong."""
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    path = run_dir / "study.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not an lbt-study run directory (no study.json)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is corrupted: {exc}") from None
+    meta = read_study_json(run_dir)
+    if meta is None:
+        raise UserError(f"{run_dir} is not an lbt-study run directory (no {STUDY_JSON})")
+    path = run_dir / STUDY_JSON
     missing = [k for k in ("name", "trials", "objective_direction") if k not in meta]
     if missing or not isinstance(meta.get("trials"), int):
         raise UserError(f"{path} is corrupted: missing or invalid {missing or ['trials']}")
-    for name in ("spec.py", "optuna.db"):
+    for name in (SPEC, OPTUNA_DB):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} is corrupted: {name} is missing")
     return meta
 
 
 def finished_trials(run_dir: Path) -> pd.DataFrame:
-    if not (run_dir / f"{TRIALS}.parquet").is_file() and not (run_dir / f"{TRIALS}.csv").is_file():
+    """The trials table (empty if the driver died before the first trial finished). The
+    history table is read too: the resumed run appends to both, so both must be readable."""
+    if not has_table(run_dir, TRIALS):
         return pd.DataFrame(columns=["trial_id", "optuna_trial_number", "status"])
-    try:
-        return load_results(run_dir)[0]
-    except Exception as exc:  # a damaged table is the user's to know about, not a traceback
-        raise UserError(f"{run_dir}: cannot read the trials table: {exc}") from None
+    trials = read_table(run_dir, TRIALS)
+    read_table(run_dir, HISTORY)
+    return trials
+
+
+def check_run_dir(run_dir: Path) -> tuple[pd.DataFrame, set[str]]:
+    """(trials table, Optuna study names), read without changing anything: a damaged table
+    or database is a ``UserError`` before resume settles a single trial or starts Ray."""
+    table = finished_trials(run_dir)
+    return table, set(check_optuna_db(run_dir))
 
 
 def reconcile(run_dir: Path, cells: list[Cell]) -> ResumeState:
     """Settle the Optuna trials the dead driver left RUNNING in every cell's study; count
     what remains to run in each."""
-    table = finished_trials(run_dir)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    table, names = check_run_dir(run_dir)
+    storage = optuna.storages.RDBStorage(optuna_url(run_dir))
     remaining, interrupted = {}, 0
     for cell in cells:
         rows = _rows_of(table, cell, single=len(cells) == 1)
@@ -102,13 +116,8 @@ def _settle_running(study: optuna.Study, rows: pd.DataFrame) -> int:
 
 
 def _tell_recorded(study: optuna.Study, trial: optuna.trial.FrozenTrial, rec: pd.Series) -> None:
-    number, trial_id = trial.number, trial._trial_id
-    study._storage.set_trial_user_attr(trial_id, "status", rec["status"])
-    study._storage.set_trial_user_attr(trial_id, "tune_trial_id", rec["trial_id"])
-    value = rec.get("final_objective", math.nan)
-    if rec["status"] == "ok" and isinstance(value, float) and math.isfinite(value):
-        study.tell(number, value, state=TrialState.COMPLETE)
-    elif rec["status"] == "pruned":
-        study.tell(number, state=TrialState.PRUNED)
-    else:
-        study.tell(number, state=TrialState.FAIL)
+    """Tell Optuna what the runner would have told it (lbt_study.outcomes)."""
+    study._storage.set_trial_user_attr(trial._trial_id, "status", rec["status"])
+    study._storage.set_trial_user_attr(trial._trial_id, "tune_trial_id", rec["trial_id"])
+    state, values = optuna_outcome(rec, multi_objective=len(study.directions) > 1)
+    study.tell(trial.number, values, state=state)

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lbt_study.errors import UserError, unknown_name
+from lbt_study.errors import UserError, one_line, unknown_name
 from lbt_study.norms import NormSpec
 
 Direction = Literal["maximize", "minimize"]
@@ -114,7 +114,9 @@ def builtin_workloads() -> list[str]:
 
 
 def get_workload(name: str) -> Workload:
-    """A built-in workload by name, or a user's by ``module:attr``."""
+    """A built-in workload by name, or a user's by ``module:attr``. A user's module that
+    does not import, an attribute that is not a Workload (or a function that fails to build
+    one, or builds one the contract rejects) is a one-line ``UserError`` naming it."""
     target = _BUILTIN.get(name)
     if target is None and ":" not in name:
         raise unknown_name("workload", name, [*builtin_workloads(), "<module>:<attr>"])
@@ -122,14 +124,26 @@ def get_workload(name: str) -> Workload:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"cannot import workload module {module_name!r}: {exc}") from None
+        raise UserError(f"cannot import workload module {module_name!r} (workload {name!r}): "
+                        f"{' '.join(str(exc).split())}") from None
+    except Exception as exc:  # the user's module raised while importing
+        raise UserError(f"workload {name!r}: importing {module_name!r} raised "
+                        f"{one_line(exc)}") from None
     obj = getattr(module, attr, None)
     if obj is None:
         raise UserError(f"module {module_name!r} has no attribute {attr!r} (workload {name!r})")
+    what = f"workload {name!r} is"
     if callable(obj) and not isinstance(obj, Workload):
-        obj = obj()
+        try:
+            obj = obj()
+        except UserError as exc:
+            raise UserError(f"workload {name!r}: {exc}") from None
+        except Exception as exc:
+            raise UserError(f"workload {name!r}: calling {attr}() raised "
+                            f"{one_line(exc)}") from None
+        what = f"workload {name!r}: {attr}() returned"
     if not isinstance(obj, Workload):
-        raise UserError(f"{name!r} is a {type(obj).__name__}, not an lbt_study Workload")
+        raise UserError(f"{what} a {type(obj).__name__}, not an lbt_study Workload")
     return obj
 
 
