@@ -358,3 +358,34 @@ def test_invalid_group_option_is_refused_and_the_group_not_added(cls):
     with pytest.raises(ValueError, match=r"weight_decay must be >= 0, got -1\.0"):
         opt.add_param_group({"params": [b], "weight_decay": -1.0})
     assert len(opt.param_groups) == 1
+
+
+# ---------------------------------------------------------------- registries
+
+def test_each_registered_optimizer_builds_its_own_class():
+    from lbt_study.optim import OPTIMIZERS, make_optimizer
+
+    expected = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "lars": LARS, "lamb": LAMB}
+    assert set(OPTIMIZERS) == set(expected)
+    for name, cls in expected.items():
+        p = torch.nn.Parameter(torch.zeros(2))
+        opt = make_optimizer(name, [p], lr=0.1, momentum=0.9, weight_decay=0.0,
+                             trust_coefficient=0.001)
+        assert type(opt) is cls and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_unknown_registry_names_list_the_known_ones():
+    from lbt_study.errors import UserError
+    from lbt_study.norms import NormSpec, make_norm
+    from lbt_study.optim import make_optimizer, make_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(UserError, match="unknown optimizer 'adam'; known: adamw, lamb, lars, sgd"):
+        make_optimizer("adam", [p], lr=0.1)
+    opt = torch.optim.SGD([p], lr=0.1)
+    with pytest.raises(UserError, match="unknown schedule 'step'; known: constant, cosine"):
+        make_scheduler(opt, 10, 0, "step")
+    spec = object.__new__(NormSpec)  # past NormSpec's own check, as a bypass would be
+    object.__setattr__(spec, "kind", "bn")
+    with pytest.raises(UserError, match="unknown normalization 'bn'; known: batch, ghost_batch"):
+        make_norm(spec, 4, spatial=False)
