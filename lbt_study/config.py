@@ -64,6 +64,24 @@ class TrainConfig(BaseModel):
     probe_memory: bool = True
     """Before training on a GPU, find the largest micro-batch that fits (all workers agree),
     keeping B by accumulation. On CPU only with ``fault_oom_above``."""
+    target: float | None = None
+    """The objective threshold of steps/examples/time to target: the study's, else the
+    workload's (the runner sets it from the study; not a search setting)."""
+    stop_at_target: bool = False
+    """End the trial (status ok, ``stopped_at_target`` true) once its objective has reached
+    ``target`` at ``stop_at_target_patience`` evaluations in a row: a steps-to-target study
+    (Shallue et al. 2018) needs nothing after the target. The learning-rate schedule is still
+    laid out over the whole budget (``epochs``)."""
+    stop_at_target_patience: int = Field(default=1, ge=1)
+    checkpoint_every_s: float = Field(default=30.0, ge=0)
+    """Seconds between checkpoints of the training state at evaluations (the last evaluation
+    is always checkpointed); 0: at every evaluation. A restarted worker group goes back at
+    most about this far and trains the steps since again (the same steps: runs are exact)."""
+    report_every_s: float = Field(default=1.0, ge=0)
+    """Seconds between reports to Ray Tune; each report carries every evaluation row since
+    the previous one, so none is lost (progress lines see the latest row at each report);
+    0: report every evaluation. A study with ASHA defaults it to 0, as ASHA judges its rungs
+    at reports."""
     max_failures: int = Field(default=2, ge=0)
     """Times Ray Train restarts a failed worker group from the last checkpoint."""
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
@@ -131,6 +149,9 @@ class TrainConfig(BaseModel):
         self.growth_phases()  # raises on a malformed schedule
         if self.precision == "bf16" and self.dtype != "float32":
             raise ValueError(f"precision 'bf16' needs dtype float32, got dtype {self.dtype!r}")
+        if self.stop_at_target and self.target is None:
+            raise ValueError("stop_at_target needs a target: the workload declares none; "
+                             "set Study(target=...)")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs {self.warmup_epochs} must be shorter than training "

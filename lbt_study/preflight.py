@@ -56,6 +56,7 @@ def check_study(study: Study, samples: int = 64) -> Checked:
     for point in study.initial_points:
         probe.enqueue_trial(point)
     seen: set[tuple] = set()
+    target = study.target if study.target is not None else workload.target
     max_cpus = 1
     cells = study.cells()
     draws = len(study.initial_points) + max(samples, len(cells))
@@ -64,7 +65,8 @@ def check_study(study: Study, samples: int = 64) -> Checked:
         suggested = suggest(study, trial)
         cell = cells[i % len(cells)]  # every cell's protocol values are checked too
         try:
-            cfg = check_config(study.trial_values(cell.apply(suggested)), workload, seen)
+            values = study.trial_values(cell.apply(suggested), target)
+            cfg = check_config(values, workload, seen)
         except UserError as exc:
             shown = ", ".join(f"{k}={v!r}" for k, v in sorted(suggested.items()))
             where = f" in {cell.study_name}" if cell.overrides else ""

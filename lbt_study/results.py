@@ -41,6 +41,7 @@ _FROM_LAST_ROW = {
     "mfu": "mfu_run", "step_time_median": "step_time_median_run", "worker_nodes": "worker_nodes",
     "step_time_p90": "step_time_p90_run", "peak_memory_bytes": "peak_memory_bytes",
     "sharpness": "sharpness", "hybrid_alpha": "hybrid_alpha", "swa": "swa",
+    "stopped_at_target": "stopped_at_target",
     "train_examples": "train_examples", "micro_batch_size": "micro_batch_size",
     "norm_batch_size": "norm_batch_size", "accumulation_steps_used": "accumulation_steps_used",
 }

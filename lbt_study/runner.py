@@ -26,9 +26,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Tune snapshots its experiment state whenever trials checkpoint often (every evaluation
 # here) and warns about it; lbt-study resumes from Optuna and its own tables instead.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# lbt-study writes its own tables and resumes from them and Optuna: Tune's per-result JSON,
+# CSV and TensorBoard loggers and its frequent experiment-state snapshots only cost driver time.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
 # Multi-objective searches read seconds-to-target from the driver's record of the whole
 # trial (StudySearch.recorder), not from each reported row, which Tune would insist on.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+import logging  # noqa: E402
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -58,7 +64,11 @@ from lbt_study.spec import (  # noqa: E402
     space_values,
     suggest,
 )
-from lbt_study.train import Row, run_training  # noqa: E402
+from lbt_study.train import Cadence, Row, run_training  # noqa: E402
+
+# With Tune's loggers off, its ResultGrid warns at the end of every run that it found no
+# result.json: lbt-study's tables hold the results.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 SLOT = "lbt_cpu"
 """Custom resource mirroring CPUs: a trial reserves all its workers' CPUs up front, so a
@@ -117,24 +127,50 @@ def _worker_nodes() -> str:
     return ",".join(str(n) for n in nodes)
 
 
-def _callbacks(cfg: TrainConfig, rank: int, name: str, nodes: str,
-               send: Callable[..., None], checkpoint_cls: Any
-               ) -> tuple[Callable[[Row], None], Callable[[Row, dict], None]]:
-    """The report and checkpoint callbacks a worker hands to ``run_training``: every row
-    carries the workers' node ids, and rank 0 saves the training state with its row."""
+ROWS_KEY = "lbt_rows"
+"""Where a Tune result carries the evaluation rows since the previous report (JSON); the
+result's own keys are the latest row's, for ASHA and the progress lines."""
 
-    def report(row: Row) -> None:
-        send({**row, "worker_nodes": nodes})
 
-    def checkpoint(row: Row, state: dict) -> None:
-        row = {**row, "worker_nodes": nodes}
-        _maybe_fault(cfg, row, rank, name)
-        if rank == 0:
-            _with_state(row, state, send, checkpoint_cls)
+class _Reports:
+    """A worker's reporter and checkpointer for ``run_training``. Rows carry the workers'
+    node ids and are sent to Tune every ``report_every_s`` seconds (agreed by all workers,
+    since every rank must report together), each report with every row since the previous;
+    the last row and a checkpoint are sent at once. Rank 0 saves the training state."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, name: str, nodes: str,
+                 send: Callable[..., None], checkpoint_cls: Any, device: torch.device) -> None:
+        self.cfg, self.rank, self.name, self.nodes = cfg, rank, name, nodes
+        self.send, self.checkpoint_cls = send, checkpoint_cls
+        self.cadence = Cadence(cfg.report_every_s, device)
+        self.pending: list[Row] = []
+
+    def report(self, row: Row) -> None:
+        self._add(row)
+        if row["status"] != "running" or self.cadence.due():
+            self.send(self._payload())
+
+    def checkpoint(self, row: Row, state: dict) -> None:
+        self._add(row)
+        if self.rank == 0:
+            _with_state(self._payload(), state, self.send, self.checkpoint_cls)
         else:
-            send(row)
+            self.send(self._payload())
 
-    return report, checkpoint
+    def _add(self, row: Row) -> None:
+        row = {**row, "worker_nodes": self.nodes}
+        _maybe_fault(self.cfg, row, self.rank, self.name)
+        self.pending.append(row)
+
+    def _payload(self) -> Row:
+        rows, self.pending = self.pending, []
+        self.cadence.mark()
+        return {**rows[-1], ROWS_KEY: json.dumps(rows)}
+
+
+def reported_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The evaluation rows a Tune result carries (a result without them is one row)."""
+    return json.loads(result[ROWS_KEY]) if ROWS_KEY in result else [result]
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -142,11 +178,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
     last checkpoint after a failure."""
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
-    report, checkpoint = _callbacks(cfg, ctx.get_world_rank(), ctx.get_experiment_name(),
-                                    _worker_nodes(), ray.train.report, ray.train.Checkpoint)
     device = ray.train.torch.get_device()
+    reports = _Reports(cfg, ctx.get_world_rank(), ctx.get_experiment_name(), _worker_nodes(),
+                       ray.train.report, ray.train.Checkpoint, device)
     _set_threads(cfg, device)
-    run_training(cfg, report=report, device=device, checkpoint=checkpoint,
+    run_training(cfg, report=reports.report, device=device, checkpoint=reports.checkpoint,
                  resume=_load_state(ray.train.get_checkpoint()))
 
 
@@ -179,12 +215,11 @@ def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
 
 def _train_in_trial(cfg: TrainConfig, send: Callable[..., None]) -> None:
     """One worker, inside the Tune trial's process; Tune retries it from its checkpoint."""
-    report, checkpoint = _callbacks(cfg, 0, tune.get_context().get_trial_id(),
-                                    ray.get_runtime_context().get_node_id(), send,
-                                    tune.Checkpoint)
     device = torch.device("cuda" if cfg.gpus_per_worker > 0 else "cpu")
+    reports = _Reports(cfg, 0, tune.get_context().get_trial_id(),
+                       ray.get_runtime_context().get_node_id(), send, tune.Checkpoint, device)
     _set_threads(cfg, device)
-    run_training(cfg, report=report, device=device, checkpoint=checkpoint,
+    run_training(cfg, report=reports.report, device=device, checkpoint=reports.checkpoint,
                  resume=_load_state(tune.get_checkpoint()))
 
 
@@ -252,11 +287,14 @@ class StudySearch(OptunaSearch):
     (resume relies on it), and Optuna is told what the table says: COMPLETE with the final
     objective (and seconds to target, multi-objective: never reached = infinitely slow),
     PRUNED when stopped early, FAIL for diverged / out-of-memory / failed trials (so the
-    sampler moves away), never COMPLETE with a made-up value. Intermediate values are
-    reported at examples seen (not Tune iterations).
+    sampler moves away), never COMPLETE with a made-up value. Intermediate values (each
+    evaluation's objective at its examples seen, not at Tune iterations) are written only
+    when ``intermediate_values`` is set: nothing here prunes on them, and each is a SQLite
+    write on the driver.
     """
 
     recorder: Callable[[str, bool], dict[str, Any]]
+    intermediate_values: bool = False
 
     def optuna_number(self, trial_id: str) -> int | None:
         trial = self._ot_trials.get(trial_id)
@@ -275,11 +313,12 @@ class StudySearch(OptunaSearch):
                 self.recorder = recorder
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, list):
+        if not self.intermediate_values or isinstance(self.metric, list):
             return  # Optuna takes no intermediate values for several objectives
-        value = result.get(self.metric)
-        if isinstance(value, float) and math.isfinite(value) and "examples_seen" in result:
-            self._ot_trials[trial_id].report(value, int(result["examples_seen"]))
+        for row in reported_rows(result):
+            value = row.get(self.metric)
+            if isinstance(value, float) and math.isfinite(value) and "examples_seen" in row:
+                self._ot_trials[trial_id].report(value, int(row["examples_seen"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -346,13 +385,14 @@ class ResultsCallback(tune.Callback):
         """Keep one row per step: a trial restarted from a checkpoint reports again from
         there, replacing what it had reported after it (no gaps, no duplicates)."""
         rows = self.rows.setdefault(trial.trial_id, [])
-        if self.announce and result.get("batch_schedule") and \
-                not any("batch_schedule" in r for r in rows):
-            self.announce(f"    {trial.trial_id} started: {result['batch_schedule']}")
-        step = result.get("step")
-        if step is not None:
-            rows[:] = [r for r in rows if r.get("step") is None or r["step"] < step]
-        rows.append(result)
+        for row in reported_rows(result):
+            if self.announce and row.get("batch_schedule") and \
+                    not any("batch_schedule" in r for r in rows):
+                self.announce(f"    {trial.trial_id} started: {row['batch_schedule']}")
+            step = row.get("step")
+            if step is not None:
+                rows[:] = [r for r in rows if r.get("step") is None or r["step"] < step]
+            rows.append(row)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, trial)
@@ -373,7 +413,7 @@ class ResultsCallback(tune.Callback):
             message = one_line(exc) if exc else "trial error"
         wall = time.time() - self.started.get(tid, time.time())
         try:
-            values = self.study.trial_values(space_values(trial.config))
+            values = self.study.trial_values(space_values(trial.config), self.target)
         except UserError:
             values = space_values(trial.config)
         rows = self.rows.pop(tid, [])
@@ -441,7 +481,7 @@ def make_search(study: Study, cell: Cell, run_dir: Path, direction: str,
     it exists); the initial points are enqueued only when the study is new."""
     storage = optuna.storages.RDBStorage(optuna_url(run_dir))
     mode = "max" if direction == "maximize" else "min"
-    return StudySearch(
+    search = StudySearch(
         space=SpaceOf(study, cell),
         metric=["objective", "seconds_to_target"] if study.multi_objective else "objective",
         mode=[mode, "min"] if study.multi_objective else mode,
@@ -450,6 +490,8 @@ def make_search(study: Study, cell: Cell, run_dir: Path, direction: str,
         storage=storage,
         points_to_evaluate=(list(study.initial_points) or None) if enqueue else None,
     )
+    search.intermediate_values = study.optuna_intermediate_values
+    return search
 
 
 def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampler:
@@ -510,7 +552,10 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
 def _tune(study: Study, search: StudySearch, callback: ResultsCallback, trials: int,
           limit: int | None, storage: str, slots: bool) -> None:
     """One Tune run: ``trials`` trials of one search."""
-    base = study.base_values()  # the trainable carries plain values, never the spec
+    # the trainable carries plain values, never the spec
+    base = study.base_values(callback.target)
+    if study.asha is not None:  # ASHA judges its rungs at reports: report every evaluation
+        base.setdefault("report_every_s", 0.0)
     trainable = tune.with_resources(
         partial(_trial, base=base, storage=storage),
         partial(_resources_for, base=base, slots=slots),

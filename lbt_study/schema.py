@@ -50,6 +50,7 @@ TRIAL_ONLY_KEYS: frozenset[str] = frozenset({
     "eval_seconds", "flops_per_example", "micro_batch_size", "accumulation_steps_used",
     "norm_batch_size", "mfu_run", "step_time_median_run", "step_time_p90_run",
     "hybrid_alpha", "swa", "sharpness", "learning_rate", "batch_schedule", "config_as_run",
+    "stopped_at_target",
 })
 """Keys a trial reports with its evaluations that describe the trial, not the evaluation:
 they go to the trials table and are deliberately left out of the history table."""
@@ -122,6 +123,8 @@ TRIAL_RESULT_COLUMNS: dict[str, str] = {
     "hybrid_alpha": "mean learnt batch-vs-layer mix of hybrid norm layers (NaN if none)",
     "swa": "whether the final evaluation is of SWA-averaged weights",
     "worker_nodes": "Ray node id of each worker in rank order (as the workers reported)",
+    "stopped_at_target": "whether the trial ended at its target (stop_at_target) before its "
+                         "budget",
     "target": "the objective threshold for time-to-target (the workload's, or the study's)",
     "reached_target": "whether an evaluation reached the target",
     **{c: f"{c.replace('_', ' ')} (first evaluation reaching the target; NaN if never)"

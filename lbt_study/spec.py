@@ -84,6 +84,9 @@ class Study(BaseModel):
     """Search the Pareto front of (the objective, seconds to target) with Optuna's
     multi-objective sampling instead of the objective alone (a trial that never reaches the
     target counts as infinitely slow); ASHA cannot be combined with it."""
+    optuna_intermediate_values: bool = False
+    """Also write every evaluation's objective into Optuna as an intermediate value (for
+    Optuna's own plots and dashboards); off by default: nothing prunes on them."""
     initial_points: list[dict[str, Any]] = Field(default_factory=list)
     """Parameter values (by Optuna parameter name) to try first, e.g. one per normalization;
     enqueued in the Optuna study, then the sampler takes over."""
@@ -97,8 +100,9 @@ class Study(BaseModel):
             hints = "".join(did_you_mean(k, known) for k in unknown)
             raise ValueError(f"fixed has unknown keys {unknown}{hints}; known: "
                              f"{', '.join(sorted(known))}")
-        if "workload" in self.fixed:
-            raise ValueError("set the workload with Study(workload=...), not in fixed")
+        for key in ("workload", "target"):
+            if key in self.fixed:
+                raise ValueError(f"set the {key} with Study({key}=...), not in fixed")
         if self.protocol == "per_batch_size":
             if not self.batch_sizes:
                 raise ValueError("protocol 'per_batch_size' needs batch_sizes, e.g. [32, 128]")
@@ -132,13 +136,16 @@ class Study(BaseModel):
     def total_trials(self) -> int:
         return sum(cell.trials for cell in self.cells())
 
-    def trial_values(self, suggested: dict[str, Any]) -> dict[str, Any]:
+    def trial_values(self, suggested: dict[str, Any],
+                     target: float | None = None) -> dict[str, Any]:
         """One trial's config values: fixed settings plus the space's, which may not overlap."""
-        return merge_values(self.base_values(), suggested)
+        return merge_values(self.base_values(target), suggested)
 
-    def base_values(self) -> dict[str, Any]:
-        """What every trial shares: the fixed settings and the workload (plain, picklable)."""
-        return {**self.fixed, "workload": self.workload}
+    def base_values(self, target: float | None = None) -> dict[str, Any]:
+        """What every trial shares: the fixed settings, the workload and the study's target
+        (``target``: this study's or its workload's), as plain picklable values."""
+        return {**self.fixed, "workload": self.workload,
+                **({"target": target} if target is not None else {})}
 
 
 CONFIG_KEY = "lbt_config"

@@ -33,7 +33,7 @@ def _run(study, tmp_path, ray_local):
 
 def test_study_tables_match_optuna_and_record_divergence_and_oom(tmp_path, ray_local):
     study = Study(
-        name="e2e", space=_space, trials=5, sampler_seed=3,
+        name="e2e", space=_space, trials=5, sampler_seed=3, optuna_intermediate_values=True,
         fixed={"model": "mlp", "epochs": 1, "eval_every_examples": 512},
         initial_points=[
             {"batch_size": 32, "lr": 0.1, "norm": "batch", "fault_oom_above": None},
@@ -104,9 +104,10 @@ def test_asha_stops_poor_trials_and_optuna_records_them_pruned(tmp_path, ray_loc
 
     study = Study(
         name="asha", space=space, trials=3,
-        fixed={"batch_size": 32, "model": "mlp", "norm": "batch", "epochs": 2,
+        # long enough (a few seconds) for ASHA's decisions to reach a running trial
+        fixed={"batch_size": 32, "model": "mlp", "norm": "batch", "epochs": 6,
                "eval_every_examples": 512},
-        asha=Asha(grace_examples=512, max_examples=2 * 1437, reduction_factor=2),
+        asha=Asha(grace_examples=512, max_examples=6 * 1437, reduction_factor=2),
         initial_points=[{"lr": 0.1}, {"lr": 1e-5}, {"lr": 1.1e-5}],
     )
     trials, history, _ = _run(study, tmp_path, ray_local)

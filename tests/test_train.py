@@ -129,3 +129,34 @@ def test_a_growing_batch_run_reports_the_current_batch_and_examples():
     assert rows[-1]["examples_seen"] == out.examples_seen
     assert [r["examples_seen"] // 500 for r in rows[1:-1]] == list(range(1, len(rows) - 1))
     assert rows[-1]["gns_small_batch"] == 128  # the micro-batch of the last phase
+
+
+def test_stop_at_target_ends_at_the_first_evaluation_reaching_it_with_the_same_history():
+    base = dict(model="mlp", norm="none", batch_size=32, lr=0.05, epochs=3.0,
+                eval_every_examples=5 * 32, target=0.9)
+    full, stopped = [], []
+    run_training(TrainConfig(**base), full.append)
+    outcome = run_training(TrainConfig(**base, stop_at_target=True), stopped.append)
+    first = next(r for r in full if r["objective"] >= 0.9)
+    assert outcome.status == "ok" and outcome.steps == first["step"] < full[-1]["step"]
+    last = stopped[-1]
+    assert last["status"] == "ok" and last["stopped_at_target"] is True
+    assert last["step"] == first["step"] and last["objective"] == first["objective"]
+    # every evaluation up to the stop is the uninterrupted run's
+    assert [r["val_loss"] for r in stopped] == [r["val_loss"] for r in full][: len(stopped)]
+    assert full[-1]["stopped_at_target"] is False
+
+
+def test_stop_at_target_patience_waits_for_evaluations_in_a_row():
+    base = dict(model="mlp", norm="none", batch_size=32, lr=0.05, epochs=3.0,
+                eval_every_examples=5 * 32, target=0.9, stop_at_target=True)
+    one, three = [], []
+    run_training(TrainConfig(**base), one.append)
+    run_training(TrainConfig(**base, stop_at_target_patience=3), three.append)
+    hits = [r["objective"] >= 0.9 for r in three]
+    assert hits[-3:] == [True, True, True] and len(three) >= len(one) + 2
+
+
+def test_stop_at_target_needs_a_target():
+    with pytest.raises(UserError, match="stop_at_target needs a target"):
+        parse_config({"batch_size": 32, "lr": 0.1, "stop_at_target": True})

@@ -26,15 +26,17 @@ from lbt_study.batching import eval_steps, micro_batch_candidates
 from lbt_study.optim import make_scheduler
 from lbt_study.train.loop import Outcome, run_training
 from lbt_study.train.rows import Checkpointer, Reporter, Row, evaluate
-from lbt_study.train.setup import world
+from lbt_study.train.setup import Cadence, agreed, world
 from lbt_study.train.state import TrainState
 
 __all__ = [
+    "Cadence",
     "Checkpointer",
     "Outcome",
     "Reporter",
     "Row",
     "TrainState",
+    "agreed",
     "eval_steps",
     "evaluate",
     "make_scheduler",

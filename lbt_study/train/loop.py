@@ -10,7 +10,7 @@ from torch import nn
 
 from lbt_study.config import TrainConfig
 from lbt_study.train.rows import Checkpointer, Reporter, Row, RowBuilder
-from lbt_study.train.setup import Parts, assemble
+from lbt_study.train.setup import Cadence, Parts, assemble
 from lbt_study.train.state import TrainState
 from lbt_study.train.step import timed_step
 
@@ -36,11 +36,16 @@ class Loop:
         self.rows = RowBuilder(parts, state)
         every = parts.cfg.eval_every_examples or parts.schedule.train_examples
         self.eval_at = parts.schedule.eval_steps(every)
+        self.checkpoints = Cadence(parts.cfg.checkpoint_every_s, parts.device)
 
     def emit(self, row: Row) -> None:
-        """Report a row; with a checkpointer, together with the state to resume from."""
-        if self.checkpoint is not None and row["status"] in ("running", "ok"):
+        """Report a row; with a checkpointer, together with the state to resume from at the
+        last evaluation and every ``checkpoint_every_s`` seconds (agreed by all workers)."""
+        last = row["status"] == "ok"
+        if self.checkpoint is not None and row["status"] in ("running", "ok") and \
+                (last or self.checkpoints.due()):
             self.checkpoint(row, self.state.state_dict())
+            self.checkpoints.mark()
         else:
             self.report(row)
 
@@ -62,8 +67,25 @@ class Loop:
             if step == total:
                 self.emit(self.rows.final())
             elif step in self.eval_at:
-                self.emit(self.rows.evaluation(step, "running"))
+                row = self.rows.evaluation(step, "running")
+                if self.at_target(row):
+                    self.emit(self.rows.final(row))
+                    return Outcome("ok", step, p.schedule.examples_after[step], None, p.model)
+                self.emit(row)
         return Outcome("ok", total, p.schedule.examples_after[-1], None, p.model)
+
+    def at_target(self, row: Row) -> bool:
+        """With ``stop_at_target``: whether the objective has now reached the target at
+        ``stop_at_target_patience`` evaluations in a row (the same on every worker: the
+        evaluation is all-reduced)."""
+        cfg = self.parts.cfg
+        if not cfg.stop_at_target:
+            return False
+        value = float(row["objective"])
+        maximize = self.parts.workload.objective_direction == "maximize"
+        hit = value >= cfg.target if maximize else value <= cfg.target
+        self.state.at_target = self.state.at_target + 1 if hit else 0
+        return self.state.at_target >= cfg.stop_at_target_patience
 
     def advance(self, step: int) -> tuple[float, float, int]:
         """Take step ``step`` and update the SWA average: (mean minibatch loss over

@@ -141,8 +141,10 @@ class RowBuilder:
         self.state.eval_seconds += time.perf_counter() - t0
         return self.finish(row, step, status)
 
-    def final(self) -> Row:
-        """The last evaluation: of the weight average under SWA; with sharpness if asked."""
+    def final(self, row: Row | None = None) -> Row:
+        """The last evaluation, at the current step: of the weight average under SWA; with
+        sharpness if asked. ``row``: this step's evaluation when the trial stops at its
+        target (reused unless SWA's average must be evaluated)."""
         p, state = self.parts, self.state
         model = p.model
         if p.swa is not None:
@@ -151,8 +153,11 @@ class RowBuilder:
                        torch.arange(len(p.data.x_train)).split(micro))
             swa_utils.update_bn(batches, p.swa)
             model = p.swa.module
-        row = self.evaluation(p.schedule.total_steps, "ok", model)
-        run_throughput = p.schedule.examples_after[-1] / state.train_seconds
+        if row is None or p.swa is not None:
+            row = self.evaluation(state.step, "ok", model)
+        row["status"] = "ok"
+        row["stopped_at_target"] = state.step < p.schedule.total_steps
+        run_throughput = p.schedule.examples_after[state.step] / state.train_seconds
         row["mfu_run"] = p.flops_per_example * run_throughput / (p.peak_flops * p.size)
         row["step_time_median_run"] = statistics.median(state.step_times)
         row["step_time_p90_run"] = quantile(state.step_times, 0.9)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,33 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def agreed(flag: bool, device: torch.device) -> bool:
+    """True on every worker when it is true on any (one all-reduce in a process group), so
+    that a decision taken by each worker's clock is the same everywhere."""
+    if world()[1] == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class Cadence:
+    """A time cadence all workers agree on: ``due()`` once ``every_s`` seconds have passed
+    since ``mark()`` on some worker (always, for ``every_s == 0``)."""
+
+    def __init__(self, every_s: float, device: torch.device) -> None:
+        self.every_s, self.device = every_s, device
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        if self.every_s <= 0:
+            return True
+        return agreed(time.monotonic() - self.last >= self.every_s, self.device)
+
+    def mark(self) -> None:
+        self.last = time.monotonic()
 
 
 @dataclass

@@ -22,6 +22,8 @@ class TrainState:
     first_loss: float = math.nan
     """The first step's minibatch loss, the reference for divergence."""
     step_times: list[float] = field(default_factory=list)
+    at_target: int = 0
+    """Evaluations in a row whose objective reached the target (``stop_at_target``)."""
 
     def state_dict(self) -> dict:
         """Every worker calls it: the noise-scale state is averaged over workers."""
@@ -36,6 +38,7 @@ class TrainState:
             "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
             "first_loss": self.first_loss,
             "step_times": torch.tensor(self.step_times, dtype=torch.float64),
+            "at_target": self.at_target,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -54,3 +57,4 @@ class TrainState:
         self.train_seconds, self.eval_seconds = state["train_seconds"], state["eval_seconds"]
         self.first_loss = float(state["first_loss"])
         self.step_times = state["step_times"].tolist()
+        self.at_target = int(state.get("at_target", 0))
