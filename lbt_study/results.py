@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from typing import Any
 import pandas as pd
 
 from lbt_study.config import TrainConfig
-from lbt_study.rundir import HISTORY, TRIALS, has_table, read_table
+from lbt_study.rundir import (
+    HISTORY,
+    HISTORY_PARTS,
+    TRIALS,
+    has_table,
+    history_part_path,
+    read_history_parts,
+    read_table,
+)
 from lbt_study.schema import (
     FINAL_METRICS,
     HISTORY_COLUMNS,
@@ -149,28 +158,44 @@ def history_record(trial_id: str, row: Mapping[str, Any]) -> dict[str, Any] | No
 
 
 class ResultsWriter:
-    """Holds the tables in memory and rewrites the files after every finished trial."""
+    """Holds the tables in memory and writes them as trials finish: each trial's history as
+    a part file of its own and the trials table at once, the whole history table every
+    ``history_every_s`` seconds and at ``flush`` (so a dense study does not rewrite its whole
+    history after every trial). ``load_results`` merges the parts not yet in the table."""
 
-    def __init__(self, run_dir: Path, keep_existing: bool = False) -> None:
+    def __init__(self, run_dir: Path, keep_existing: bool = False,
+                 history_every_s: float = 30.0) -> None:
         """``keep_existing``: start from the tables already in ``run_dir`` (resume)."""
         self.run_dir = Path(run_dir)
         self.trials: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
+        self.history_every_s = history_every_s
+        self.history_written = -math.inf
         if keep_existing and has_table(self.run_dir, TRIALS):
             trials, history = load_results(self.run_dir)
             self.trials = trials.to_dict("records")
             self.history = history.to_dict("records")
 
     def add_trial(self, rec: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        """A finished trial and its evaluations, written at once."""
+        """A finished trial and its evaluations: its history part first, so a trial in the
+        trials table always has its history on disk."""
         self.history.extend(history)
         self.trials.append(rec)
-        self.flush()
+        if time.monotonic() - self.history_written >= self.history_every_s:
+            self.flush()
+            return
+        part = history_part_path(self.run_dir, str(rec["trial_id"]))
+        part.parent.mkdir(exist_ok=True)
+        _write_atomic(_frame(history, list(HISTORY_COLUMNS)).to_parquet, part)
+        write_table(_frame(self.trials, list(TRIALS_COLUMNS)), self.run_dir, TRIALS)
 
     def flush(self) -> None:
-        """History first: a trial in the trials file always has its history on disk."""
+        """Both whole tables (history first), then the history parts they now hold go."""
         write_table(_frame(self.history, list(HISTORY_COLUMNS)), self.run_dir, HISTORY)
         write_table(_frame(self.trials, list(TRIALS_COLUMNS)), self.run_dir, TRIALS)
+        self.history_written = time.monotonic()
+        for part in (self.run_dir / HISTORY_PARTS).glob("*.parquet"):
+            part.unlink()
 
 
 def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -182,13 +207,27 @@ def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, run_dir: Path, name: str) -> None:
     """``name``.parquet and ``name``.csv in ``run_dir``, each replaced atomically."""
     for suffix, write in ((".parquet", df.to_parquet), (".csv", df.to_csv)):
-        final = run_dir / f"{name}{suffix}"
-        tmp = final.with_name(f".{final.name}.tmp")
-        write(tmp, index=False)
-        os.replace(tmp, final)
+        _write_atomic(write, run_dir / f"{name}{suffix}")
+
+
+def _write_atomic(write: Any, final: Path) -> None:
+    tmp = final.with_name(f".{final.name}.tmp")
+    write(tmp, index=False)
+    os.replace(tmp, final)
 
 
 def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, history) of a run directory, as DataFrames."""
+    """(trials, history) of a run directory, as DataFrames: the history table with the
+    history parts of trials finished since it was last written, in the trials' order."""
     run_dir = Path(run_dir)
-    return read_table(run_dir, TRIALS), read_table(run_dir, HISTORY)
+    trials = read_table(run_dir, TRIALS)
+    parts = read_history_parts(run_dir)
+    if has_table(run_dir, HISTORY) or not parts:
+        history = read_table(run_dir, HISTORY)
+    else:
+        history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    known = set(history["trial_id"])
+    extra = [parts[t] for t in trials["trial_id"].astype(str) if t in parts and t not in known]
+    if extra:
+        history = pd.concat([history, *extra], ignore_index=True)
+    return trials, history

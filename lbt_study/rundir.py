@@ -23,6 +23,9 @@ OPTUNA_DB = "optuna.db"
 TRIALS = "trials"
 HISTORY = "history"
 TABLE_SUFFIXES = (".parquet", ".csv")
+HISTORY_PARTS = "history_parts"
+"""Each finished trial's history, one Parquet file per trial, until the history table is
+rewritten with it (see ``lbt_study.results.ResultsWriter``)."""
 RAY_DIR = "ray"
 REPORT_DIR = "report"
 
@@ -146,3 +149,21 @@ def _study_names(path: Path) -> list[str]:
         return names
     finally:
         storage.engine.dispose()
+
+
+def history_part_path(run_dir: Path, trial_id: str) -> Path:
+    return Path(run_dir) / HISTORY_PARTS / f"{trial_id}.parquet"
+
+
+def read_history_parts(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """{trial id: its history} of the per-trial parts not yet merged into the history table;
+    a damaged part is a ``UserError`` naming it."""
+    parts = {}
+    for path in sorted((Path(run_dir) / HISTORY_PARTS).glob("*.parquet")):
+        try:
+            parts[path.stem] = _read_file(path)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{path} is corrupt or truncated: {one_line(exc)}") from None
+    return parts

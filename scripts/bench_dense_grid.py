@@ -122,6 +122,9 @@ def summarise(run_dir: Path) -> dict:
            "fixed_median_s": fixed.median(), "per_eval_ms_median": per_eval_ms.median()}
     if "stopped_at_target" in trials:
         out["stopped_at_target"] = int(trials["stopped_at_target"].fillna(False).sum())
+    reached = trials[trials["reached_target"].fillna(False).astype(bool)]
+    frontier = reached.groupby("batch_size")["steps_to_target"].min()
+    out["steps_to_target_frontier"] = {int(b): int(v) for b, v in frontier.items()}
     return out
 
 

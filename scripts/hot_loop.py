@@ -1,14 +1,15 @@
 """Is the training loop inside a Ray worker as fast as a bare torch loop?
 
-Side by side in one run, on the same model (digits CNN, BatchNorm), per-worker batch, optimizer
-and thread count, training examples per second over optimizer steps only:
+Side by side in one run, on the same model (digits CNN with BatchNorm, or the MLP), per-worker
+batch, optimizer and thread count, training examples per second over optimizer steps only:
   - bare: a minimal torch loop (index a tensor, forward, loss, backward, step);
   - lbt-study in a Ray Train worker (TorchTrainer, 1 worker; launcher=ray_train);
   - lbt-study in a Tune trial's own process (launcher=auto, the default for 1 worker);
   - lbt-study called directly (no Ray).
 Each is repeated ``--repeats`` times, interleaved; medians are reported.
 
-    python scripts/hot_loop.py [--batch-size 128] [--steps 400] [--repeats 3]
+    python scripts/hot_loop.py [--batch-sizes 128] [--models cnn] [--steps 400] [--repeats 3]
+        [--no-ray-train]
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from lbt_study.runner import run_study
 from lbt_study.train import run_training
 from lbt_study.workload import get_workload
 
+NORM = {"cnn": "batch", "mlp": "batch"}
 
-def bare_loop(batch_size: int, steps: int, lr: float) -> float:
+
+def bare_loop(model_name: str, batch_size: int, steps: int, lr: float) -> float:
     """Examples/s of a minimal loop on the same model and data."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = get_workload("digits").load_data(0)
-    model = get_workload("digits").make_model("cnn", NormSpec("batch"))
+    model = get_workload("digits").make_model(model_name, NormSpec(NORM[model_name]))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = torch.nn.functional.cross_entropy
     gen = torch.Generator().manual_seed(0)
@@ -53,24 +56,25 @@ def bare_loop(batch_size: int, steps: int, lr: float) -> float:
     return steps * batch_size / seconds
 
 
-def config(batch_size: int, steps: int, lr: float) -> dict:
-    return {"model": "cnn", "norm": "batch", "batch_size": batch_size, "lr": lr,
+def config(model: str, batch_size: int, steps: int, lr: float) -> dict:
+    return {"model": model, "norm": NORM[model], "batch_size": batch_size, "lr": lr,
             "epochs": steps * batch_size / 1437, "eval_every_examples": 10**9,
             "schedule": "constant", "measure_flops": False}
 
 
-def direct(batch_size: int, steps: int, lr: float) -> float:
+def direct(model: str, batch_size: int, steps: int, lr: float) -> float:
     rows = []
-    run_training(TrainConfig(**config(batch_size, steps, lr)), rows.append)
+    run_training(TrainConfig(**config(model, batch_size, steps, lr)), rows.append)
     return rows[-1]["examples_seen"] / rows[-1]["train_seconds"]
 
 
-def in_ray(batch_size: int, steps: int, lr: float, launcher: str, root: Path) -> float:
+def in_ray(model: str, batch_size: int, steps: int, lr: float, launcher: str,
+           root: Path) -> float:
     def space(trial):
         return {"seed": trial.suggest_categorical("seed", [0])}
 
     study = Study(name="hot", space=space, trials=1,
-                  fixed={**config(batch_size, steps, lr), "launcher": launcher})
+                  fixed={**config(model, batch_size, steps, lr), "launcher": launcher})
     checked = check_study(study)
     run_dir = Path(tempfile.mkdtemp(dir=root))
     run_study(study, run_dir, "maximize", num_cpus=2, max_trial_cpus=checked.max_trial_cpus,
@@ -79,25 +83,47 @@ def in_ray(batch_size: int, steps: int, lr: float, launcher: str, root: Path) ->
     return float(trials.loc[0, "throughput"])
 
 
+def measure(model: str, b: int, s: int, repeats: int, ray_train: bool,
+            tmp: Path) -> dict[str, list[float]]:
+    lr = 0.05
+    paths = [
+        ("bare torch loop", lambda: bare_loop(model, b, s, lr)),
+        ("lbt-study, Ray Train worker", lambda: in_ray(model, b, s, lr, "ray_train", tmp)),
+        ("lbt-study, Tune trial process", lambda: in_ray(model, b, s, lr, "auto", tmp)),
+        ("lbt-study, no Ray", lambda: direct(model, b, s, lr)),
+    ]
+    if not ray_train:
+        paths.pop(1)
+    results: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, fn in paths:
+            results.setdefault(name, []).append(fn())
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=lambda t: [int(x) for x in t.split(",")],
+                        default=[128])
+    parser.add_argument("--models", type=lambda t: t.split(","), default=["cnn"])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-ray-train", action="store_true",
+                        help="leave out the Ray Train worker path (seconds of start-up each)")
     args = parser.parse_args()
-    b, s, lr = args.batch_size, args.steps, 0.05
-    results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            for name, fn in (
-                ("bare torch loop", lambda: bare_loop(b, s, lr)),
-                ("lbt-study, Ray Train worker", lambda: in_ray(b, s, lr, "ray_train", Path(tmp))),
-                ("lbt-study, Tune trial process", lambda: in_ray(b, s, lr, "auto", Path(tmp))),
-                ("lbt-study, no Ray", lambda: direct(b, s, lr)),
-            ):
-                results.setdefault(name, []).append(fn())
+        for model in args.models:
+            for b in args.batch_sizes:
+                results = measure(model, b, args.steps, args.repeats, not args.no_ray_train,
+                                  Path(tmp))
+                _print(model, b, args.steps, args.repeats, results)
+
+
+def _print(model: str, b: int, steps: int, repeats: int,
+           results: dict[str, list[float]]) -> None:
     base = statistics.median(results["bare torch loop"])
-    print(f"digits CNN, BatchNorm, batch {b}, {s} steps, 1 thread, {args.repeats} repeats")
+    print(f"digits {model.upper()}, {NORM[model]} norm, batch {b}, {steps} steps, 1 thread, "
+          f"{repeats} repeats")
     print(f"{'loop':32} {'examples/s (median)':>20} {'all runs':>30} {'/ bare':>7}")
     for name, values in results.items():
         med = statistics.median(values)

@@ -53,6 +53,8 @@ def _augment_generator(parts: Parts, seed: int) -> torch.Generator:
 
 def mean_over_workers(parts: Parts, local_mean: Tensor) -> float:
     """The step's minibatch loss averaged over workers (NaN if any worker's is not finite)."""
+    if parts.size == 1:
+        return local_mean.item()
     pair = torch.stack([local_mean, torch.ones_like(local_mean)])
     if parts.size > 1:
         dist.all_reduce(pair)
