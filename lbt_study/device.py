@@ -100,6 +100,8 @@ def gather(x: Tensor, idx: Tensor, device: torch.device) -> Tensor:
     pinned buffer (torch's caching host allocator) and a non-blocking copy."""
     if x.device.type != "cpu":
         return x[idx.to(x.device)].to(device)
+    if device.type == "cpu":
+        return x[idx]
     if device.type == "cuda" and x.is_pinned():
         out = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=True)
         torch.index_select(x, 0, idx, out=out)

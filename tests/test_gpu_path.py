@@ -134,6 +134,7 @@ def _resumed_equals_uninterrupted(config, device=CPU, rel=0.0):
     """Resume from the second checkpoint: the last evaluation is as uninterrupted (exactly on
     CPU; within ``rel`` on a GPU, whose convolution kernels need not be deterministic)."""
     rows, saved = [], {}
+    config = config.model_copy(update={"checkpoint_every_s": 0.0})  # one at every evaluation
 
     def checkpoint(row, state):
         buf = io.BytesIO()

@@ -154,7 +154,7 @@ def test_a_stratified_run_trains_and_resumes_exactly():
         saved[row["step"]] = buf.getvalue()
         rows.append(row)
 
-    cfg = TrainConfig(**RUN)
+    cfg = TrainConfig(**RUN, checkpoint_every_s=0.0)  # a checkpoint at every evaluation
     out = run_training(cfg, checkpoint=checkpoint)
     assert out.status == "ok" and out.examples_seen == out.steps * 26
     assert rows[-1]["val_accuracy"] > 0.8

@@ -160,3 +160,18 @@ def test_stop_at_target_patience_waits_for_evaluations_in_a_row():
 def test_stop_at_target_needs_a_target():
     with pytest.raises(UserError, match="stop_at_target needs a target"):
         parse_config({"batch_size": 32, "lr": 0.1, "stop_at_target": True})
+
+
+@pytest.mark.parametrize("every,expected", [(0.0, "all"), (3600.0, "last")])
+def test_checkpoints_follow_their_time_cadence_and_the_last_evaluation(every, expected):
+    reported, checkpointed = [], []
+    cfg = TrainConfig(model="mlp", norm="none", batch_size=64, lr=0.05, epochs=1.0,
+                      eval_every_examples=256, checkpoint_every_s=every)
+    run_training(cfg, reported.append, checkpoint=lambda row, state: checkpointed.append(row))
+    steps = [r["step"] for r in reported + checkpointed]
+    assert sorted(steps) == sorted(set(steps)) and len(steps) >= 6  # each evaluation once
+    if expected == "all":
+        assert reported == [] and checkpointed[-1]["status"] == "ok"
+    else:
+        assert [r["step"] for r in checkpointed] == [max(steps)]
+        assert all(r["status"] == "running" for r in reported)

@@ -20,10 +20,12 @@ def train_step(parts: Parts, plan: BatchPlan, step: int) -> Tensor:
     cfg, ddp, noise = parts.cfg, parts.ddp, parts.noise
     idx = parts.stream.take(plan.global_batch_size)
     mine = parts.schedule.worker_slice(idx, parts.rank, plan)
-    parts.model.train()
+    if not parts.model.training:  # evaluation puts the whole model in eval mode
+        parts.model.train()
     parts.opt.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), dtype=torch.float64, device=parts.device)
-    micro_batches = mine.split(plan.micro_batch_size)
+    micro_batches = mine.split(plan.micro_batch_size) if plan.accumulation_steps > 1 \
+        else (mine,)
     if noise is not None:
         noise.start_step()
     for j, part in enumerate(micro_batches):
