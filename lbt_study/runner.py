@@ -438,6 +438,25 @@ def _progress_line(done: int, total: int, rec: dict[str, Any]) -> str:
             f"-> {shown} ({rec['wall_seconds']:.1f} s)")
 
 
+def efficiency_line(trials: list[dict[str, Any]], wall: float, cpus: float) -> str:
+    """Study efficiency: the CPU-seconds spent training (train_seconds x workers x CPUs per
+    worker, summed over the trials) over the CPU-seconds the study held (wall x CPUs)."""
+    used = sum(_number(t.get("train_seconds")) * _number(t.get("workers"), 1.0)
+               * _number(t.get("cpus_per_worker"), 1.0) for t in trials)
+    held = wall * cpus
+    share = f"{used / held:.1%}" if held > 0 else "n/a"
+    return (f"study efficiency {share}: {used:.1f} CPU-s of training in {wall:.1f} s on "
+            f"{cpus:g} CPUs ({len(trials)} trials)")
+
+
+def _number(value: Any, default: float = 0.0) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if math.isfinite(out) else default
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> bool:
     """Connect to a cluster (``address``) or start a local one; True if it has trial slots."""
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
@@ -515,8 +534,9 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
               announce: Progress | None = None) -> ResultsWriter:
     """Run every cell of the study to completion; return the writer holding both tables.
 
-    ``progress`` gets a line per finished trial and a heartbeat; ``announce``, if given, a
-    line per trial start with its batch schedule.
+    ``progress`` gets a line per finished trial and a heartbeat; ``announce``, if given, the
+    details: a line per trial start with its batch schedule, and the study's efficiency at
+    the end (``efficiency_line``).
 
     ``max_trial_cpus`` is the largest trial (workers x cpus_per_worker) the space gives; see
     ``concurrency``. ``remaining`` (resume) maps cell study names to the trials still to run;
@@ -537,12 +557,16 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
                                    target, announce)
         limit = concurrency(study.max_concurrent_trials, max_trial_cpus, slots, progress)
         storage = str(run_dir / RAY_DIR)
+        t0, done = time.time(), len(writer.trials)
         for cell, n in todo:
             if n > 0:
                 search = make_search(study, cell, run_dir, direction, enqueue=not resume)
                 callback.use(search, cell.study_name)
                 _tune(study, search, callback, n, limit, storage, slots)
         writer.flush()
+        if announce is not None:
+            cpus = float(ray.cluster_resources().get("CPU", 0.0))
+            announce(efficiency_line(writer.trials[done:], time.time() - t0, cpus))
         return writer
     finally:
         if started_here:

@@ -153,3 +153,13 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_ends_as_if_uninterrupte
         assert steps_a == steps_b == sorted(set(steps_b))  # no gaps, no duplicates
     # the killed trials really restarted: a second attempt left its marker behind
     assert by_number.loc[0, "workers"] == 2 and by_number.loc[2, "workers"] == 1
+
+
+def test_efficiency_line_counts_training_cpu_seconds_over_held_cpu_seconds():
+    from lbt_study.runner import efficiency_line
+
+    trials = [{"train_seconds": 10.0, "workers": 2, "cpus_per_worker": 1},
+              {"train_seconds": 5.0, "workers": 1, "cpus_per_worker": 1},
+              {"train_seconds": float("nan"), "workers": 1}]  # failed before training
+    line = efficiency_line(trials, wall=25.0, cpus=2.0)
+    assert line.startswith("study efficiency 50.0%: 25.0 CPU-s of training in 25.0 s on 2 CPUs")
