@@ -157,6 +157,11 @@ class _Reports:
         else:
             self.send(self._payload())
 
+    def flush(self) -> None:
+        """Send the rows not sent yet (one worker only: under DDP every rank must report)."""
+        if self.pending:
+            self.send(self._payload())
+
     def _add(self, row: Row) -> None:
         row = {**row, "worker_nodes": self.nodes}
         _maybe_fault(self.cfg, row, self.rank, self.name)
@@ -219,8 +224,11 @@ def _train_in_trial(cfg: TrainConfig, send: Callable[..., None]) -> None:
     reports = _Reports(cfg, 0, tune.get_context().get_trial_id(),
                        ray.get_runtime_context().get_node_id(), send, tune.Checkpoint, device)
     _set_threads(cfg, device)
-    run_training(cfg, report=reports.report, device=device, checkpoint=reports.checkpoint,
-                 resume=_load_state(tune.get_checkpoint()))
+    try:
+        run_training(cfg, report=reports.report, device=device, checkpoint=reports.checkpoint,
+                     resume=_load_state(tune.get_checkpoint()))
+    finally:  # a trial that raises keeps the evaluations it made before
+        reports.flush()
 
 
 def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:

@@ -107,6 +107,8 @@ def main() -> None:
                         default=[128])
     parser.add_argument("--models", type=lambda t: t.split(","), default=["cnn"])
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--examples", type=int, default=0,
+                        help="train at least this many examples per run (more steps at small B)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-ray-train", action="store_true",
                         help="leave out the Ray Train worker path (seconds of start-up each)")
@@ -114,9 +116,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             for b in args.batch_sizes:
-                results = measure(model, b, args.steps, args.repeats, not args.no_ray_train,
+                steps = max(args.steps, args.examples // b)
+                results = measure(model, b, steps, args.repeats, not args.no_ray_train,
                                   Path(tmp))
-                _print(model, b, args.steps, args.repeats, results)
+                _print(model, b, steps, args.repeats, results)
 
 
 def _print(model: str, b: int, steps: int, repeats: int,

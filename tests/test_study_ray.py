@@ -4,6 +4,7 @@ import math
 
 import optuna
 import pytest
+import torch
 
 from lbt_study import Study, load_results
 from lbt_study.preflight import check_study
@@ -163,3 +164,25 @@ def test_efficiency_line_counts_training_cpu_seconds_over_held_cpu_seconds():
               {"train_seconds": float("nan"), "workers": 1}]  # failed before training
     line = efficiency_line(trials, wall=25.0, cpus=2.0)
     assert line.startswith("study efficiency 50.0%: 25.0 CPU-s of training in 25.0 s on 2 CPUs")
+
+
+def test_reports_carry_every_row_since_the_last_and_flush_keeps_the_rest():
+    from lbt_study.config import TrainConfig
+    from lbt_study.runner import _Reports, reported_rows
+
+    sent = []
+    cfg = TrainConfig(batch_size=32, lr=0.1, report_every_s=3600.0)
+    reports = _Reports(cfg, 0, "t", "node-a", lambda row, checkpoint=None: sent.append(row),
+                       None, torch.device("cpu"))
+    for step in (0, 5, 10):
+        reports.report({"step": step, "status": "running", "objective": 0.1 * step})
+    assert sent == []  # within the report interval: held
+    reports.flush()  # as a trial that raises does before its failed row
+    assert len(sent) == 1 and sent[0]["step"] == 10  # the result's own keys: the latest row
+    rows = reported_rows(sent[0])
+    assert [r["step"] for r in rows] == [0, 5, 10]
+    assert {r["worker_nodes"] for r in rows} == {"node-a"}
+    reports.report({"step": 12, "status": "diverged", "objective": float("nan")})
+    assert [r["step"] for r in reported_rows(sent[1])] == [12]  # an ending row goes at once
+    reports.flush()
+    assert len(sent) == 2  # nothing left to send
