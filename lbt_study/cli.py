@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prepare_run_dir(run_dir)
     direction = workload.objective_direction
     total = study.total_trials
-    target = study.target if study.target is not None else workload.target
+    target = checked.target
     _write_meta(run_dir, study, args.spec, direction, total, target, workload.objective)
     cells = study.cells()
     shape = f"{total} trials" if len(cells) == 1 else \

@@ -41,11 +41,13 @@ def check_config(values: dict[str, Any], workload: Workload, seen: set[tuple]) -
 
 @dataclass(frozen=True)
 class Checked:
-    """What the preflight learnt: the workload, and the largest trial in CPUs (workers x
-    cpus_per_worker) among the sampled configs."""
+    """What the preflight learnt: the workload, the largest trial in CPUs (workers x
+    cpus_per_worker) among the sampled configs, and the study's target."""
 
     workload: Workload
     max_trial_cpus: int
+    target: float | None
+    """The objective threshold: the study's, else the workload's."""
 
 
 def check_study(study: Study, samples: int = 64) -> Checked:
@@ -73,4 +75,4 @@ def check_study(study: Study, samples: int = 64) -> Checked:
             raise UserError(f"{exc} (space gave{where}: {shown})") from None
         max_cpus = max(max_cpus, cfg.workers * cfg.cpus_per_worker)
         probe.tell(trial, 0.0)
-    return Checked(workload, max_cpus)
+    return Checked(workload, max_cpus, target)

@@ -86,7 +86,7 @@ def _failed_row(exc: BaseException, last: Row | None, cfg: TrainConfig | None) -
                 "step": (last or {}).get("step", 0),
                 "examples_seen": (last or {}).get("examples_seen", 0)}
     if cfg is not None:
-        row["config_as_run"] = json.dumps(cfg.model_dump())
+        row["config_as_run"] = cfg.model_dump_json()
     return row
 
 

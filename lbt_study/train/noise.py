@@ -19,6 +19,7 @@ class NoiseScaleProbe:
                  schedule: BatchSchedule, data_parallel: bool) -> None:
         self.meter, self.micro = meter, micro
         self.schedule, self.data_parallel = schedule, data_parallel
+        self.plan: BatchPlan | None = None
 
     @classmethod
     def attach(cls, schedule: BatchSchedule, model: nn.Module, ddp: DDP | None, ema: float,
@@ -37,6 +38,9 @@ class NoiseScaleProbe:
 
     def use_plan(self, plan: BatchPlan) -> None:
         """At a batch-growth phase the two batch sizes change and the EMAs restart."""
+        if plan is self.plan:  # every step calls it: the same phase costs nothing
+            return
+        self.plan = plan
         sizes = self.schedule.gns_batch_sizes(plan, self.data_parallel)
         if sizes is not None and sizes != (self.meter.small_batch, self.meter.big_batch):
             self.meter.restart(*sizes)

@@ -9,7 +9,6 @@ the last carry ``config_as_run`` (the parsed config as JSON), ``learning_rate`` 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -195,7 +194,7 @@ class RowBuilder:
     def with_config(self, row: Row) -> Row:
         """Add what the trial ran: its config, learning rate and batch schedule."""
         p = self.parts
-        row.update(config_as_run=json.dumps(p.cfg.model_dump()),
+        row.update(config_as_run=p.cfg.model_dump_json(),
                    learning_rate=p.schedule.learning_rate,
                    batch_schedule=p.schedule.describe())
         return row
