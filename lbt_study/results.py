@@ -19,15 +19,8 @@ from typing import Any
 import pandas as pd
 
 from lbt_study.config import TrainConfig
-from lbt_study.rundir import (
-    HISTORY,
-    HISTORY_PARTS,
-    TRIALS,
-    has_table,
-    history_part_path,
-    read_history_parts,
-    read_table,
-)
+from lbt_study.rowlog import read_rows
+from lbt_study.rundir import HISTORY, TRIALS, has_table, read_table, trial_rows_path
 from lbt_study.schema import (
     FINAL_METRICS,
     HISTORY_COLUMNS,
@@ -157,45 +150,42 @@ def history_record(trial_id: str, row: Mapping[str, Any]) -> dict[str, Any] | No
     return rec
 
 
+def trial_history(trial_id: str, rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The history-table rows of one trial's reported rows."""
+    return [h for h in (history_record(trial_id, r) for r in rows) if h is not None]
+
+
 class ResultsWriter:
-    """Holds the tables in memory and writes them as trials finish: each trial's history as
-    a part file of its own and the trials table at once, the whole history table every
-    ``history_every_s`` seconds and at ``flush`` (so a dense study does not rewrite its whole
-    history after every trial). ``load_results`` merges the parts not yet in the table."""
+    """Holds the trials table and writes it as each trial finishes. The history table is
+    merged from the trials' own row files (``lbt_study.rowlog``) at the first trial, every
+    ``history_every_s`` seconds and at ``flush``: the driver never holds the history, and a
+    dense study does not rewrite it after every trial. ``load_results`` merges the rows of
+    finished trials not yet in the table."""
 
     def __init__(self, run_dir: Path, keep_existing: bool = False,
                  history_every_s: float = 30.0) -> None:
-        """``keep_existing``: start from the tables already in ``run_dir`` (resume)."""
+        """``keep_existing``: start from the trials table already in ``run_dir`` (resume)."""
         self.run_dir = Path(run_dir)
         self.trials: list[dict[str, Any]] = []
-        self.history: list[dict[str, Any]] = []
         self.history_every_s = history_every_s
         self.history_written = -math.inf
         if keep_existing and has_table(self.run_dir, TRIALS):
-            trials, history = load_results(self.run_dir)
-            self.trials = trials.to_dict("records")
-            self.history = history.to_dict("records")
+            self.trials = read_table(self.run_dir, TRIALS).to_dict("records")
 
-    def add_trial(self, rec: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        """A finished trial and its evaluations: its history part first, so a trial in the
-        trials table always has its history on disk."""
-        self.history.extend(history)
+    def add_trial(self, rec: dict[str, Any]) -> None:
+        """A finished trial, whose rows are already on disk (the trial wrote them)."""
         self.trials.append(rec)
         if time.monotonic() - self.history_written >= self.history_every_s:
             self.flush()
-            return
-        part = history_part_path(self.run_dir, str(rec["trial_id"]))
-        part.parent.mkdir(exist_ok=True)
-        _write_atomic(_frame(history, list(HISTORY_COLUMNS)).to_parquet, part)
-        write_table(_frame(self.trials, list(TRIALS_COLUMNS)), self.run_dir, TRIALS)
+        else:
+            write_table(_frame(self.trials, list(TRIALS_COLUMNS)), self.run_dir, TRIALS)
 
     def flush(self) -> None:
-        """Both whole tables (history first), then the history parts they now hold go."""
-        write_table(_frame(self.history, list(HISTORY_COLUMNS)), self.run_dir, HISTORY)
+        """Both whole tables: the history, merged, first."""
+        ids = [str(t["trial_id"]) for t in self.trials]
+        write_table(merged_history(self.run_dir, ids), self.run_dir, HISTORY)
         write_table(_frame(self.trials, list(TRIALS_COLUMNS)), self.run_dir, TRIALS)
         self.history_written = time.monotonic()
-        for part in (self.run_dir / HISTORY_PARTS).glob("*.parquet"):
-            part.unlink()
 
 
 def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -217,17 +207,23 @@ def _write_atomic(write: Any, final: Path) -> None:
 
 
 def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, history) of a run directory, as DataFrames: the history table with the
-    history parts of trials finished since it was last written, in the trials' order."""
+    """(trials, history) of a run directory, as DataFrames: the history table with the rows
+    of trials finished since it was last written, in the trials' order."""
     run_dir = Path(run_dir)
     trials = read_table(run_dir, TRIALS)
-    parts = read_history_parts(run_dir)
-    if has_table(run_dir, HISTORY) or not parts:
-        history = read_table(run_dir, HISTORY)
-    else:
-        history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    known = set(history["trial_id"])
-    extra = [parts[t] for t in trials["trial_id"].astype(str) if t in parts and t not in known]
-    if extra:
-        history = pd.concat([history, *extra], ignore_index=True)
-    return trials, history
+    return trials, merged_history(run_dir, list(trials["trial_id"].astype(str)))
+
+
+def merged_history(run_dir: Path, trial_ids: list[str]) -> pd.DataFrame:
+    """The history table (if any) and, after it, the rows each trial in ``trial_ids`` that
+    it does not hold wrote to its own file."""
+    columns = list(HISTORY_COLUMNS)
+    table = read_table(run_dir, HISTORY) if has_table(run_dir, HISTORY) else None
+    known = set() if table is None else set(table["trial_id"].astype(str))
+    extra = [h for tid in trial_ids if tid not in known
+             for h in trial_history(tid, read_rows(trial_rows_path(run_dir, tid)))]
+    if table is not None and not extra:
+        return table
+    if table is None or table.empty:
+        return _frame(extra, columns).astype({"trial_id": str})
+    return pd.concat([table, _frame(extra, columns)], ignore_index=True)

@@ -2,7 +2,8 @@
 
 A run directory holds ``study.json`` (what was asked), ``spec.py`` (a copy of the spec),
 ``optuna.db`` (the Optuna studies, SQLite), the result tables ``trials`` and ``history`` (each
-as Parquet and CSV), ``ray/`` (Tune and Train state) and ``report/``.
+as Parquet and CSV), ``trial_rows/`` (every trial's rows, appended by the trial), ``ray/``
+(Tune and Train state) and ``report/``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ OPTUNA_DB = "optuna.db"
 TRIALS = "trials"
 HISTORY = "history"
 TABLE_SUFFIXES = (".parquet", ".csv")
-HISTORY_PARTS = "history_parts"
-"""Each finished trial's history, one Parquet file per trial, until the history table is
-rewritten with it (see ``lbt_study.results.ResultsWriter``)."""
+TRIAL_ROWS = "trial_rows"
+"""Each trial's rows as the trial appended them, one JSON-lines file per trial (see
+``lbt_study.rowlog``); the history table is merged from them."""
 RAY_DIR = "ray"
 REPORT_DIR = "report"
 
@@ -151,19 +152,6 @@ def _study_names(path: Path) -> list[str]:
         storage.engine.dispose()
 
 
-def history_part_path(run_dir: Path, trial_id: str) -> Path:
-    return Path(run_dir) / HISTORY_PARTS / f"{trial_id}.parquet"
-
-
-def read_history_parts(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """{trial id: its history} of the per-trial parts not yet merged into the history table;
-    a damaged part is a ``UserError`` naming it."""
-    parts = {}
-    for path in sorted((Path(run_dir) / HISTORY_PARTS).glob("*.parquet")):
-        try:
-            parts[path.stem] = _read_file(path)
-        except UserError:
-            raise
-        except Exception as exc:
-            raise UserError(f"{path} is corrupt or truncated: {one_line(exc)}") from None
-    return parts
+def trial_rows_path(run_dir: Path, trial_id: str) -> Path:
+    """Where trial ``trial_id`` appends its rows."""
+    return Path(run_dir) / TRIAL_ROWS / f"{trial_id}.jsonl"

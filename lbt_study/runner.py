@@ -30,6 +30,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # CSV and TensorBoard loggers and its frequent experiment-state snapshots only cost driver time.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
+# Tune starts a new trial only while no other waits for its resources: a trial larger than
+# the CPUs free now is never overtaken by later, smaller ones (see ``concurrency``).
+os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
 # Multi-objective searches read seconds-to-target from the driver's record of the whole
 # trial (StudySearch.recorder), not from each reported row, which Tune would insist on.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -50,12 +53,9 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from lbt_study.config import TrainConfig, parse_config  # noqa: E402
 from lbt_study.errors import UserError, one_line  # noqa: E402
 from lbt_study.outcomes import optuna_outcome  # noqa: E402
-from lbt_study.results import (  # noqa: E402
-    ResultsWriter,
-    history_record,
-    trial_record,
-)
-from lbt_study.rundir import RAY_DIR, optuna_url  # noqa: E402
+from lbt_study.results import ResultsWriter, trial_record  # noqa: E402
+from lbt_study.rowlog import RowLog, read_rows  # noqa: E402
+from lbt_study.rundir import RAY_DIR, optuna_url, trial_rows_path  # noqa: E402
 from lbt_study.spec import (  # noqa: E402
     CONFIG_KEY,
     Cell,
@@ -134,16 +134,20 @@ result's own keys are the latest row's, for ASHA and the progress lines."""
 
 class _Reports:
     """A worker's reporter and checkpointer for ``run_training``. Rows carry the workers'
-    node ids and are sent to Tune every ``report_every_s`` seconds (agreed by all workers,
-    since every rank must report together), each report with every row since the previous;
-    the last row and a checkpoint are sent at once. Rank 0 saves the training state."""
+    node ids; rank 0 appends each to the trial's row file as it is made (the history's
+    source: ``lbt_study.rowlog``). They are sent to Tune every ``report_every_s`` seconds
+    (agreed by all workers, since every rank must report together), each report with every
+    row since the previous; the last row and a checkpoint are sent at once. Rank 0 saves the
+    training state."""
 
     def __init__(self, cfg: TrainConfig, rank: int, name: str, nodes: str,
-                 send: Callable[..., None], checkpoint_cls: Any, device: torch.device) -> None:
+                 send: Callable[..., None], checkpoint_cls: Any, device: torch.device,
+                 rows_path: str) -> None:
         self.cfg, self.rank, self.name, self.nodes = cfg, rank, name, nodes
         self.send, self.checkpoint_cls = send, checkpoint_cls
         self.cadence = Cadence(cfg.report_every_s, device)
         self.pending: list[Row] = []
+        self.log = RowLog(rows_path) if rank == 0 else None
 
     def report(self, row: Row) -> None:
         self._add(row)
@@ -165,6 +169,8 @@ class _Reports:
     def _add(self, row: Row) -> None:
         row = {**row, "worker_nodes": self.nodes}
         _maybe_fault(self.cfg, row, self.rank, self.name)
+        if self.log is not None:
+            self.log.append(row)
         self.pending.append(row)
 
     def _payload(self) -> Row:
@@ -185,7 +191,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     reports = _Reports(cfg, ctx.get_world_rank(), ctx.get_experiment_name(), _worker_nodes(),
-                       ray.train.report, ray.train.Checkpoint, device)
+                       ray.train.report, ray.train.Checkpoint, device, config["rows_path"])
     _set_threads(cfg, device)
     run_training(cfg, report=reports.report, device=device, checkpoint=reports.checkpoint,
                  resume=_load_state(ray.train.get_checkpoint()))
@@ -197,13 +203,13 @@ def _set_threads(cfg: TrainConfig, device: torch.device) -> None:
         torch.set_num_threads(cfg.cpus_per_worker)
 
 
-def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
+def _train_with_workers(cfg: TrainConfig, storage: str, rows_path: str) -> None:
     trial_id = tune.get_context().get_trial_id()
     use_gpu = cfg.gpus_per_worker > 0
     per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg},
+        train_loop_config={"cfg": cfg, "rows_path": rows_path},
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
@@ -218,22 +224,26 @@ def _train_with_workers(cfg: TrainConfig, storage: str) -> None:
     trainer.fit()
 
 
-def _train_in_trial(cfg: TrainConfig, send: Callable[..., None]) -> None:
+def _train_in_trial(cfg: TrainConfig, send: Callable[..., None], rows_path: str) -> None:
     """One worker, inside the Tune trial's process; Tune retries it from its checkpoint."""
     device = torch.device("cuda" if cfg.gpus_per_worker > 0 else "cpu")
     reports = _Reports(cfg, 0, tune.get_context().get_trial_id(),
-                       ray.get_runtime_context().get_node_id(), send, tune.Checkpoint, device)
+                       ray.get_runtime_context().get_node_id(), send, tune.Checkpoint, device,
+                       rows_path)
     _set_threads(cfg, device)
     try:
         run_training(cfg, report=reports.report, device=device, checkpoint=reports.checkpoint,
                      resume=_load_state(tune.get_checkpoint()))
     finally:  # a trial that raises keeps the evaluations it made before
         reports.flush()
+        if reports.log is not None:
+            reports.log.close()
 
 
-def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
+def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str) -> None:
     """The Tune function trainable: one trial, whatever its number of workers."""
     last: Row | None = None  # so that a failure mid-training records how far it got
+    rows_path = str(trial_rows_path(Path(run_dir), tune.get_context().get_trial_id()))
 
     def send(row: Row, checkpoint: Any = None) -> None:
         nonlocal last
@@ -244,13 +254,19 @@ def _trial(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
     try:
         cfg = parse_config(merge_values(base, space_values(config)))  # the trial's one parse
         if cfg.workers == 1 and cfg.launcher == "auto":
-            _train_in_trial(cfg, send)
+            _train_in_trial(cfg, send, rows_path)
         else:
-            _train_with_workers(cfg, storage)
+            _train_with_workers(cfg, str(Path(run_dir) / RAY_DIR), rows_path)
     except Exception as exc:  # a failed trial is a recorded outcome, not a crashed study
         if not isinstance(exc, UserError):
             traceback.print_exc()
-        tune.report(_failed_row(exc, last, cfg))
+        if last is None:  # the workers' rows: how far a multi-worker trial got
+            last = next(iter(read_rows(rows_path)[-1:]), None)
+        row = _failed_row(exc, last, cfg)
+        log = RowLog(rows_path)
+        log.append(row)
+        log.close()
+        tune.report(row)
 
 
 def _resources_for(config: dict[str, Any], base: dict[str, Any],
@@ -342,9 +358,10 @@ class StudySearch(OptunaSearch):
 
 
 class ResultsCallback(tune.Callback):
-    """Collects each trial's rows, writes the tables as trials finish (``record``, called by
-    the searcher before Optuna is told, or by Tune's completion hooks, whichever is first)
-    and prints one progress line per finished trial."""
+    """Writes the tables as trials finish (``record``, called by the searcher before Optuna
+    is told, or by Tune's completion hooks, whichever is first) and prints one progress line
+    per finished trial. It keeps each running trial's latest result only: a trial's rows are
+    read from the file the trial wrote (``lbt_study.rowlog``) when it finishes."""
 
     def __init__(self, writer: ResultsWriter, study: Study, direction: str, total: int,
                  progress: Progress, target: float | None = None,
@@ -356,7 +373,8 @@ class ResultsCallback(tune.Callback):
         self.cell_name = study.name
         self.trials: dict[str, Any] = {}
         self.started: dict[str, float] = {}
-        self.rows: dict[str, list[Row]] = {}
+        self.latest: dict[str, Row] = {}
+        self.announced: set[str] = set()
         self.records: dict[str, dict[str, Any]] = {}
         self.done = len(writer.trials)
         self.last_line = time.time()
@@ -375,32 +393,30 @@ class ResultsCallback(tune.Callback):
         if time.time() - self.last_line < HEARTBEAT_SECONDS:
             return
         running = []
-        for tid, rows in self.rows.items():
-            last = next((r for r in reversed(rows) if "step" in r), None)
-            where = f"step {last['step']}/{last['total_steps']}" if last and \
+        for tid in self.started.keys() - self.records.keys():
+            last = self.latest.get(tid, {})
+            where = f"step {last['step']}/{last['total_steps']}" if "step" in last and \
                 "total_steps" in last else "starting"
             running.append(f"{tid} {where} ({time.time() - self.started[tid]:.0f} s)")
-        self.say(f"... {self.done}/{self.total} finished; running: {', '.join(running) or '-'}")
+        self.say(f"... {self.done}/{self.total} finished; running: "
+                 f"{', '.join(sorted(running)) or '-'}")
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Also called when Tune restarts a failed trial: its rows and start time stay."""
+        """Also called when Tune restarts a failed trial: its start time stays."""
         self.trials[trial.trial_id] = trial
         self.started.setdefault(trial.trial_id, time.time())
-        self.rows.setdefault(trial.trial_id, [])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        """Keep one row per step: a trial restarted from a checkpoint reports again from
-        there, replacing what it had reported after it (no gaps, no duplicates)."""
-        rows = self.rows.setdefault(trial.trial_id, [])
-        for row in reported_rows(result):
-            if self.announce and row.get("batch_schedule") and \
-                    not any("batch_schedule" in r for r in rows):
-                self.announce(f"    {trial.trial_id} started: {row['batch_schedule']}")
-            step = row.get("step")
-            if step is not None:
-                rows[:] = [r for r in rows if r.get("step") is None or r["step"] < step]
-            rows.append(row)
+        tid = trial.trial_id
+        self.latest[tid] = result
+        if self.announce is None or tid in self.announced:
+            return
+        schedule = next((r["batch_schedule"] for r in reported_rows(result)
+                         if r.get("batch_schedule")), None)
+        if schedule:
+            self.announced.add(tid)
+            self.announce(f"    {tid} started: {schedule}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, trial)
@@ -411,29 +427,38 @@ class ResultsCallback(tune.Callback):
         self.record(trial.trial_id, True)
 
     def record(self, tid: str, error: bool) -> dict[str, Any]:
-        """Write the trial's row and history (once) and return the row."""
+        """Write the trial's row (once; its history is on disk already) and return it."""
         if tid in self.records:
             return self.records[tid]
         trial = self.trials[tid]
         message = None
         if error:
             exc = trial.get_error()
-            message = one_line(exc) if exc else "trial error"
+            message = one_line(exc) if exc else \
+                "the trial's process ended without an error message (killed, or crashed)"
         wall = time.time() - self.started.get(tid, time.time())
         try:
             values = self.study.trial_values(space_values(trial.config), self.target)
         except UserError:
             values = space_values(trial.config)
-        rows = self.rows.pop(tid, [])
+        rows = self._rows(tid)
         number = self.search.optuna_number(tid) if self.search is not None else None
         rec = {**trial_record(tid, values, rows, wall, number, self.direction, message,
-                              self.target), "optuna_study": self.cell_name}
-        history = [h for h in (history_record(tid, r) for r in rows) if h is not None]
-        self.writer.add_trial(rec, history)
+                              self.target), "optuna_study": self.cell_name,
+               "started_at": self.started.get(tid, math.nan), "finished_at": time.time()}
+        self.writer.add_trial(rec)
         self.records[tid] = rec
+        self.latest.pop(tid, None)
         self.done += 1
         self.say(_progress_line(self.done, self.total, rec))
         return rec
+
+    def _rows(self, tid: str) -> list[Row]:
+        """What the trial wrote; if it wrote nothing it could (it died first, or its node
+        cannot reach the run directory), the rows of its latest result."""
+        rows = read_rows(trial_rows_path(self.writer.run_dir, tid))
+        latest = self.latest.get(tid)
+        return rows or ([] if latest is None else reported_rows(latest))
 
 
 def _progress_line(done: int, total: int, rec: dict[str, Any]) -> str:
@@ -481,25 +506,24 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
     return SLOT in ray.cluster_resources()
 
 
-def concurrency(requested: int | None, max_trial_cpus: int, slots: bool,
-                progress: Progress) -> int | None:
-    """How many trials may run at once.
+def concurrency(requested: int | None, max_trial_cpus: int, slots: bool) -> int | None:
+    """How many trials may run at once: the requested limit, else one per CPU.
 
-    Tune asks Ray for the resources of every pending trial at once, so a 2-worker trial can
-    wait forever while 1-worker trials take each CPU as it frees. With at most
-    ``cpus // max_trial_cpus`` trials live, all live trials always fit together and none
-    starves; that is the default. A larger requested limit is kept, with a warning.
+    Tune asks Ray for the resources of every pending trial at once, so a 2-worker trial
+    could wait forever while 1-worker trials take each CPU as it frees. Tune here keeps at
+    most one trial pending (``TUNE_MAX_PENDING_TRIALS_PG=1``): no trial starts while an
+    earlier one waits for its CPUs, so the larger trial starts as soon as enough are free,
+    and 1-worker trials fill every CPU otherwise. A trial larger than the cluster would wait
+    forever: that is a ``UserError``.
     """
     if not slots:
         return requested
-    safe = max(1, int(ray.cluster_resources()[SLOT]) // max_trial_cpus)
-    if requested is None:
-        return safe
-    if requested > safe:
-        progress(f"warning: max_concurrent_trials={requested} with trials of up to "
-                 f"{max_trial_cpus} CPUs on {int(ray.cluster_resources()[SLOT])}: "
-                 "larger trials may wait behind smaller ones")
-    return requested
+    total = int(ray.cluster_resources()[SLOT])
+    if max_trial_cpus > total:
+        raise UserError(f"the space gives trials of {max_trial_cpus} CPUs (workers x "
+                        f"cpus_per_worker) but the cluster has {total} {SLOT}: they could "
+                        "never start")
+    return requested or total
 
 
 def make_search(study: Study, cell: Cell, run_dir: Path, direction: str,
@@ -563,14 +587,13 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
         callback = ResultsCallback(writer, study, direction,
                                    len(writer.trials) + sum(n for _, n in todo), progress,
                                    target, announce)
-        limit = concurrency(study.max_concurrent_trials, max_trial_cpus, slots, progress)
-        storage = str(run_dir / RAY_DIR)
+        limit = concurrency(study.max_concurrent_trials, max_trial_cpus, slots)
         t0, done = time.time(), len(writer.trials)
         for cell, n in todo:
             if n > 0:
                 search = make_search(study, cell, run_dir, direction, enqueue=not resume)
                 callback.use(search, cell.study_name)
-                _tune(study, search, callback, n, limit, storage, slots)
+                _tune(study, search, callback, n, limit, run_dir, slots)
         writer.flush()
         if announce is not None:
             cpus = float(ray.cluster_resources().get("CPU", 0.0))
@@ -582,14 +605,14 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
 
 
 def _tune(study: Study, search: StudySearch, callback: ResultsCallback, trials: int,
-          limit: int | None, storage: str, slots: bool) -> None:
+          limit: int | None, run_dir: Path, slots: bool) -> None:
     """One Tune run: ``trials`` trials of one search."""
     # the trainable carries plain values, never the spec
     base = study.base_values(callback.target)
     if study.asha is not None:  # ASHA judges its rungs at reports: report every evaluation
         base.setdefault("report_every_s", 0.0)
     trainable = tune.with_resources(
-        partial(_trial, base=base, storage=storage),
+        partial(_trial, base=base, run_dir=str(run_dir)),
         partial(_resources_for, base=base, slots=slots),
     )
     scheduler = None
@@ -599,6 +622,7 @@ def _tune(study: Study, search: StudySearch, callback: ResultsCallback, trials: 
             max_t=study.asha.max_examples, grace_period=study.asha.grace_examples,
             reduction_factor=study.asha.reduction_factor,
         )
+    storage = str(run_dir / RAY_DIR)
     name = f"tune-{len(list(Path(storage).glob('tune-*')))}"
     tuner = tune.Tuner(
         trainable,

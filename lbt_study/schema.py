@@ -110,6 +110,8 @@ TRIAL_RESULT_COLUMNS: dict[str, str] = {
     "train_seconds": "training time, evaluation excluded",
     "eval_seconds": "evaluation time",
     "wall_seconds": "trial wall time seen by the driver (start to finish)",
+    "started_at": "when the trial started (Unix seconds, the driver's clock)",
+    "finished_at": "when the driver recorded it finished (Unix seconds)",
     "fixed_cost_seconds": "wall_seconds - train_seconds - eval_seconds",
     "diverged_step": "step with a non-finite loss (diverged trials)",
     "evaluations": "rows in the history table",

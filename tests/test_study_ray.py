@@ -105,10 +105,11 @@ def test_asha_stops_poor_trials_and_optuna_records_them_pruned(tmp_path, ray_loc
 
     study = Study(
         name="asha", space=space, trials=3,
-        # long enough (a few seconds) for ASHA's decisions to reach a running trial
-        fixed={"batch_size": 32, "model": "mlp", "norm": "batch", "epochs": 6,
+        # long enough (a few seconds) for ASHA's decisions to reach a running trial: a
+        # trial that ends before its stop arrives ran its whole budget and is recorded "ok"
+        fixed={"batch_size": 16, "model": "mlp", "norm": "batch", "epochs": 20,
                "eval_every_examples": 512},
-        asha=Asha(grace_examples=512, max_examples=6 * 1437, reduction_factor=2),
+        asha=Asha(grace_examples=512, max_examples=20 * 1437, reduction_factor=2),
         initial_points=[{"lr": 0.1}, {"lr": 1e-5}, {"lr": 1.1e-5}],
     )
     trials, history, _ = _run(study, tmp_path, ray_local)
@@ -156,6 +157,67 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_ends_as_if_uninterrupte
     assert by_number.loc[0, "workers"] == 2 and by_number.loc[2, "workers"] == 1
 
 
+def test_a_trial_killed_mid_run_leaves_every_evaluation_row_it_had_written(
+        tmp_path, ray_local):
+    """Killed hard (os._exit) before it had reported or checkpointed anything, with no
+    retries: its evaluations are in the history anyway, as the trial wrote them."""
+    import glob
+    import os
+    import tempfile
+
+    study = Study(
+        name="killed", space=lambda t: {"workers": t.suggest_categorical("workers", [1, 2])},
+        trials=2, max_failures=0,
+        fixed={"model": "mlp", "norm": "layer", "batch_size": 64, "lr": 0.05, "epochs": 2,
+               "eval_every_examples": 320, "fault_exit_at_step": 20, "max_failures": 0,
+               "report_every_s": 3600.0, "checkpoint_every_s": 3600.0},
+        initial_points=[{"workers": 1}, {"workers": 2}],
+    )
+    try:
+        trials, history, _ = _run(study, tmp_path, ray_local)
+    finally:
+        for marker in glob.glob(os.path.join(tempfile.gettempdir(), "lbt_fault_*")):
+            os.remove(marker)
+    assert list(trials["status"]) == ["failed", "failed"], trials[["status", "error"]]
+    for row in trials.itertuples():
+        steps = history.loc[history["trial_id"] == row.trial_id, "step"].tolist()
+        # an evaluation every 5 steps (320 / 64) until the last worker died at step 20;
+        # rank 0 of the 2-worker trial may have written step 20's before the peer died
+        assert steps[:4] == [0, 5, 10, 15] and steps == list(range(0, 5 * len(steps), 5))
+        assert len(steps) <= 5 and row.steps == steps[-1]  # how far it got, from its rows
+        assert row.evaluations == len(steps)
+    one = trials.set_index("workers").loc[1]
+    assert one["error"].startswith("the trial's process ended without an error message")
+
+
+def test_one_worker_trials_fill_every_cpu_and_a_larger_trial_is_never_overtaken(
+        tmp_path, ray_local):
+    """2 CPUs, trials of 1, 1, 1, 2 and 1 workers in that order: the 1-worker trials run two
+    at a time; the 2-worker trial waits for both CPUs, and no later trial starts before it."""
+    def space(trial):  # the 1-worker trials long enough to overlap; the other one short
+        workers = trial.suggest_categorical("workers", [1, 2])
+        return {"workers": workers, "epochs": 40 if workers == 1 else 1}
+
+    study = Study(
+        name="fill", space=space, trials=5,
+        fixed={"model": "mlp", "norm": "layer", "batch_size": 16, "lr": 0.05,
+               "eval_every_examples": 5000},
+        initial_points=[{"workers": w} for w in (1, 1, 1, 2, 1)],
+    )
+    trials, _, _ = _run(study, tmp_path, ray_local)
+    assert (trials["status"] == "ok").all(), trials[["status", "error"]]
+    t = trials.set_index("optuna_trial_number").sort_index()
+    assert t["started_at"].is_monotonic_increasing  # started in the order they were asked
+
+    def overlap(a, b):
+        return min(t.loc[a, "finished_at"], t.loc[b, "finished_at"]) - \
+            max(t.loc[a, "started_at"], t.loc[b, "started_at"])
+
+    assert max(overlap(0, 1), overlap(1, 2)) > 1.0  # two 1-worker trials at once
+    for other in (0, 1, 2, 4):  # nothing ran beside the 2-worker trial
+        assert overlap(3, other) <= 0.5, (other, overlap(3, other))
+
+
 def test_efficiency_line_counts_training_cpu_seconds_over_held_cpu_seconds():
     from lbt_study.runner import efficiency_line
 
@@ -166,17 +228,20 @@ def test_efficiency_line_counts_training_cpu_seconds_over_held_cpu_seconds():
     assert line.startswith("study efficiency 50.0%: 25.0 CPU-s of training in 25.0 s on 2 CPUs")
 
 
-def test_reports_carry_every_row_since_the_last_and_flush_keeps_the_rest():
+def test_reports_carry_every_row_since_the_last_and_flush_keeps_the_rest(tmp_path):
     from lbt_study.config import TrainConfig
+    from lbt_study.rowlog import read_rows
     from lbt_study.runner import _Reports, reported_rows
 
     sent = []
     cfg = TrainConfig(batch_size=32, lr=0.1, report_every_s=3600.0)
     reports = _Reports(cfg, 0, "t", "node-a", lambda row, checkpoint=None: sent.append(row),
-                       None, torch.device("cpu"))
+                       None, torch.device("cpu"), str(tmp_path / "t.jsonl"))
     for step in (0, 5, 10):
         reports.report({"step": step, "status": "running", "objective": 0.1 * step})
     assert sent == []  # within the report interval: held
+    # ... but already in the trial's own file, each as it was made
+    assert [r["step"] for r in read_rows(tmp_path / "t.jsonl")] == [0, 5, 10]
     reports.flush()  # as a trial that raises does before its failed row
     assert len(sent) == 1 and sent[0]["step"] == 10  # the result's own keys: the latest row
     rows = reported_rows(sent[0])
@@ -186,3 +251,8 @@ def test_reports_carry_every_row_since_the_last_and_flush_keeps_the_rest():
     assert [r["step"] for r in reported_rows(sent[1])] == [12]  # an ending row goes at once
     reports.flush()
     assert len(sent) == 2  # nothing left to send
+    assert [r["step"] for r in read_rows(tmp_path / "t.jsonl")] == [0, 5, 10, 12]
+    other = _Reports(cfg, 1, "t", "node-b", lambda row, checkpoint=None: None, None,
+                     torch.device("cpu"), str(tmp_path / "rank1.jsonl"))
+    other.report({"step": 0, "status": "ok", "objective": 0.0})
+    assert not (tmp_path / "rank1.jsonl").exists()  # rank 0 writes the trial's rows
