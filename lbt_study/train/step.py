@@ -16,35 +16,42 @@ from lbt_study.train.setup import Parts
 def train_step(parts: Parts, plan: BatchPlan, step: int) -> Tensor:
     """Every worker draws the same global batch, takes its slice and runs
     ``accumulation_steps`` micro-batches (``no_sync`` on all but the last), so DDP averages
-    gradients over exactly B examples. Returns this worker's mean minibatch loss."""
-    cfg, ddp, noise = parts.cfg, parts.ddp, parts.noise
+    gradients over exactly B examples. Returns this worker's mean minibatch loss (float64
+    over several micro-batches). One micro-batch, the common case, costs no extra ops."""
+    ddp, noise = parts.ddp, parts.noise
     idx = parts.stream.take(plan.global_batch_size)
-    mine = parts.schedule.worker_slice(idx, parts.rank, plan)
+    mine = idx if parts.size == 1 else parts.schedule.worker_slice(idx, parts.rank, plan)
     if not parts.model.training:  # evaluation puts the whole model in eval mode
         parts.model.train()
     parts.opt.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=parts.device)
     micro_batches = mine.split(plan.micro_batch_size) if plan.accumulation_steps > 1 \
         else (mine,)
     if noise is not None:
         noise.start_step()
+    losses = []
     for j, part in enumerate(micro_batches):
         sync = ddp is None or j == len(micro_batches) - 1
-        xb, yb = parts.batch(part)
-        if parts.workload.augment is not None:
-            gen = _augment_generator(parts, hash((cfg.seed, parts.rank, step, j)))
-            xb = parts.gpu.prepare(parts.workload.augment(xb, gen))
+        xb, yb = _micro_batch(parts, part, step, j)
         with contextlib.nullcontext() if sync else ddp.no_sync():
             loss = parts.forward_loss(parts.net, xb, yb)
-            (loss / plan.accumulation_steps).backward()
+            (loss if len(micro_batches) == 1 else loss / len(micro_batches)).backward()
         if noise is not None:
             noise.after_backward()
-        loss_sum += loss.detach().double()
+        losses.append(loss.detach())
     if noise is not None:
         noise.end_step()
     parts.opt.step()
     parts.sched.step()
-    return loss_sum / plan.accumulation_steps
+    return losses[0] if len(losses) == 1 else torch.stack(losses).double().mean()
+
+
+def _micro_batch(parts: Parts, idx: Tensor, step: int, j: int) -> tuple[Tensor, Tensor]:
+    """Inputs and targets of micro-batch ``j`` of ``step``, augmented if the workload is."""
+    xb, yb = parts.batch(idx)
+    if parts.workload.augment is not None:
+        gen = _augment_generator(parts, hash((parts.cfg.seed, parts.rank, step, j)))
+        xb = parts.gpu.prepare(parts.workload.augment(xb, gen))
+    return xb, yb
 
 
 def _augment_generator(parts: Parts, seed: int) -> torch.Generator:
@@ -57,9 +64,9 @@ def mean_over_workers(parts: Parts, local_mean: Tensor) -> float:
     """The step's minibatch loss averaged over workers (NaN if any worker's is not finite)."""
     if parts.size == 1:
         return local_mean.item()
+    local_mean = local_mean.double()
     pair = torch.stack([local_mean, torch.ones_like(local_mean)])
-    if parts.size > 1:
-        dist.all_reduce(pair)
+    dist.all_reduce(pair)
     return (pair[0] / pair[1]).item()
 
 
