@@ -30,9 +30,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # CSV and TensorBoard loggers and its frequent experiment-state snapshots only cost driver time.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
-# Tune starts a new trial only while no other waits for its resources: a trial larger than
-# the CPUs free now is never overtaken by later, smaller ones (see ``concurrency``).
-os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
 # Multi-objective searches read seconds-to-target from the driver's record of the whole
 # trial (StudySearch.recorder), not from each reported row, which Tune would insist on.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -269,13 +266,22 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str) -> None:
         tune.report(row)
 
 
+def _values(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return merge_values(base, space_values(config))
+    except UserError:
+        return {**base, **space_values(config)}  # the trial will fail and record why
+
+
 def _resources_for(config: dict[str, Any], base: dict[str, Any],
                    slots: bool) -> tune.PlacementGroupFactory:
-    try:
-        values = merge_values(base, space_values(config))
-    except UserError:
-        values = {**base, **space_values(config)}  # the trial will fail and record why
-    return trial_resources(values, slots)
+    return trial_resources(_values(config, base), slots)
+
+
+def _trial_cpus(config: dict[str, Any], base: dict[str, Any]) -> int:
+    """CPUs the trial of a suggested config takes (workers x cpus_per_worker)."""
+    values = _values(config, base)
+    return int(values.get("workers", 1)) * int(values.get("cpus_per_worker", 1))
 
 
 def trial_resources(values: dict[str, Any], slots: bool) -> tune.PlacementGroupFactory:
@@ -319,6 +325,33 @@ class StudySearch(OptunaSearch):
 
     recorder: Callable[[str, bool], dict[str, Any]]
     intermediate_values: bool = False
+    size_of: Callable[[dict[str, Any]], int] | None = None
+    """CPUs a suggested config's trial takes (set by the runner)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes: dict[str, int] = {}  # CPUs of every suggested trial
+        self.waiting: set[str] = set()  # suggested, not started yet
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """A new trial, or None while a trial of several CPUs waits for them: it starts
+        before any later trial, never starved by 1-worker trials taking each CPU as it
+        frees (which fill every CPU otherwise)."""
+        if any(self.sizes[t] > 1 for t in self.waiting):
+            return None
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self.sizes[trial_id] = self.size_of(config) if self.size_of else 1
+            self.waiting.add(trial_id)
+        return config
+
+    def started(self, trial_id: str) -> None:
+        self.waiting.discard(trial_id)
+
+    def waits_again(self, trial_id: str) -> None:
+        """A trial Tune restarts waits for its resources again."""
+        if trial_id in self.sizes:
+            self.waiting.add(trial_id)
 
     def optuna_number(self, trial_id: str) -> int | None:
         trial = self._ot_trials.get(trial_id)
@@ -348,6 +381,7 @@ class StudySearch(OptunaSearch):
                           error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
+        self.started(trial_id)  # a trial that ends without starting waits no more
         rec = self.recorder(trial_id, error)
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("status", rec["status"])
@@ -405,6 +439,12 @@ class ResultsCallback(tune.Callback):
         """Also called when Tune restarts a failed trial: its start time stays."""
         self.trials[trial.trial_id] = trial
         self.started.setdefault(trial.trial_id, time.time())
+        if self.search is not None:
+            self.search.started(trial.trial_id)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.search is not None:
+            self.search.waits_again(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -510,11 +550,10 @@ def concurrency(requested: int | None, max_trial_cpus: int, slots: bool) -> int 
     """How many trials may run at once: the requested limit, else one per CPU.
 
     Tune asks Ray for the resources of every pending trial at once, so a 2-worker trial
-    could wait forever while 1-worker trials take each CPU as it frees. Tune here keeps at
-    most one trial pending (``TUNE_MAX_PENDING_TRIALS_PG=1``): no trial starts while an
-    earlier one waits for its CPUs, so the larger trial starts as soon as enough are free,
-    and 1-worker trials fill every CPU otherwise. A trial larger than the cluster would wait
-    forever: that is a ``UserError``.
+    could wait forever while 1-worker trials take each CPU as it frees; the search holds
+    back new trials while a multi-CPU one waits (``StudySearch.suggest``), so it starts as
+    soon as enough CPUs are free, and 1-worker trials fill every CPU otherwise. A trial
+    larger than the cluster would wait forever: that is a ``UserError``.
     """
     if not slots:
         return requested
@@ -615,6 +654,7 @@ def _tune(study: Study, search: StudySearch, callback: ResultsCallback, trials: 
         partial(_trial, base=base, run_dir=str(run_dir)),
         partial(_resources_for, base=base, slots=slots),
     )
+    search.size_of = partial(_trial_cpus, base=base)
     scheduler = None
     if study.asha is not None:
         scheduler = ASHAScheduler(

@@ -6,10 +6,12 @@ batch, optimizer and thread count, training examples per second over optimizer s
   - lbt-study in a Ray Train worker (TorchTrainer, 1 worker; launcher=ray_train);
   - lbt-study in a Tune trial's own process (launcher=auto, the default for 1 worker);
   - lbt-study called directly (no Ray).
-Each is repeated ``--repeats`` times, interleaved; medians are reported.
+Each is repeated ``--repeats`` times, interleaved; medians are reported. ``--loop-only``
+compares the bare loop with lbt-study's own steps (``assemble`` + ``timed_step``, the loop
+without set-up and evaluations) in this process, with no Ray started: the loop's own cost.
 
     python scripts/hot_loop.py [--batch-sizes 128] [--models cnn] [--steps 400] [--repeats 3]
-        [--no-ray-train]
+        [--no-ray-train] [--loop-only]
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from lbt_study.norms import NormSpec
 from lbt_study.preflight import check_study
 from lbt_study.runner import run_study
 from lbt_study.train import run_training
+from lbt_study.train.setup import assemble
+from lbt_study.train.step import timed_step
 from lbt_study.workload import get_workload
 
 NORM = {"cnn": "batch", "mlp": "batch"}
@@ -68,6 +72,14 @@ def direct(model: str, batch_size: int, steps: int, lr: float) -> float:
     return rows[-1]["examples_seen"] / rows[-1]["train_seconds"]
 
 
+def steps_only(model: str, batch_size: int, steps: int, lr: float) -> float:
+    """Examples/s of lbt-study's timed steps alone (no Ray, no evaluations)."""
+    parts = assemble(TrainConfig(**config(model, batch_size, steps, lr)), torch.device("cpu"))
+    seconds = sum(timed_step(parts, parts.schedule.plan_at(s), s)[1]
+                  for s in range(1, steps + 1))
+    return steps * batch_size / seconds
+
+
 def in_ray(model: str, batch_size: int, steps: int, lr: float, launcher: str,
            root: Path) -> float:
     def space(trial):
@@ -84,15 +96,17 @@ def in_ray(model: str, batch_size: int, steps: int, lr: float, launcher: str,
 
 
 def measure(model: str, b: int, s: int, repeats: int, ray_train: bool,
-            tmp: Path) -> dict[str, list[float]]:
+            tmp: Path, loop_only: bool = False) -> dict[str, list[float]]:
     lr = 0.05
-    paths = [
+    paths = [("bare torch loop", lambda: bare_loop(model, b, s, lr)),
+             ("lbt-study steps, no Ray", lambda: steps_only(model, b, s, lr))] if loop_only \
+        else [
         ("bare torch loop", lambda: bare_loop(model, b, s, lr)),
         ("lbt-study, Ray Train worker", lambda: in_ray(model, b, s, lr, "ray_train", tmp)),
         ("lbt-study, Tune trial process", lambda: in_ray(model, b, s, lr, "auto", tmp)),
         ("lbt-study, no Ray", lambda: direct(model, b, s, lr)),
     ]
-    if not ray_train:
+    if not ray_train and not loop_only:
         paths.pop(1)
     results: dict[str, list[float]] = {}
     for _ in range(repeats):
@@ -112,13 +126,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-ray-train", action="store_true",
                         help="leave out the Ray Train worker path (seconds of start-up each)")
+    parser.add_argument("--loop-only", action="store_true",
+                        help="only the bare loop and lbt-study's steps, in this process")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             for b in args.batch_sizes:
                 steps = max(args.steps, args.examples // b)
                 results = measure(model, b, steps, args.repeats, not args.no_ray_train,
-                                  Path(tmp))
+                                  Path(tmp), args.loop_only)
                 _print(model, b, steps, args.repeats, results)
 
 

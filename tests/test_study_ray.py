@@ -207,7 +207,9 @@ def test_one_worker_trials_fill_every_cpu_and_a_larger_trial_is_never_overtaken(
     trials, _, _ = _run(study, tmp_path, ray_local)
     assert (trials["status"] == "ok").all(), trials[["status", "error"]]
     t = trials.set_index("optuna_trial_number").sort_index()
-    assert t["started_at"].is_monotonic_increasing  # started in the order they were asked
+    # the 2-worker trial started after every earlier trial, and no later one before it
+    assert t.loc[3, "started_at"] > t.loc[[0, 1, 2], "started_at"].max()
+    assert t.loc[4, "started_at"] > t.loc[3, "started_at"]
 
     def overlap(a, b):
         return min(t.loc[a, "finished_at"], t.loc[b, "finished_at"]) - \
