@@ -239,26 +239,18 @@ def _train_in_trial(cfg: TrainConfig, send: Callable[..., None], rows_path: str)
 
 def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str) -> None:
     """The Tune function trainable: one trial, whatever its number of workers."""
-    last: Row | None = None  # so that a failure mid-training records how far it got
     rows_path = str(trial_rows_path(Path(run_dir), tune.get_context().get_trial_id()))
-
-    def send(row: Row, checkpoint: Any = None) -> None:
-        nonlocal last
-        last = row
-        tune.report(row, checkpoint=checkpoint)
-
     cfg: TrainConfig | None = None
     try:
         cfg = parse_config(merge_values(base, space_values(config)))  # the trial's one parse
         if cfg.workers == 1 and cfg.launcher == "auto":
-            _train_in_trial(cfg, send, rows_path)
+            _train_in_trial(cfg, tune.report, rows_path)
         else:
             _train_with_workers(cfg, str(Path(run_dir) / RAY_DIR), rows_path)
     except Exception as exc:  # a failed trial is a recorded outcome, not a crashed study
         if not isinstance(exc, UserError):
             traceback.print_exc()
-        if last is None:  # the workers' rows: how far a multi-worker trial got
-            last = next(iter(read_rows(rows_path)[-1:]), None)
+        last = next(iter(read_rows(rows_path)[-1:]), None)  # how far it got
         row = _failed_row(exc, last, cfg)
         log = RowLog(rows_path)
         log.append(row)
