@@ -197,13 +197,10 @@ def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, run_dir: Path, name: str) -> None:
     """``name``.parquet and ``name``.csv in ``run_dir``, each replaced atomically."""
     for suffix, write in ((".parquet", df.to_parquet), (".csv", df.to_csv)):
-        _write_atomic(write, run_dir / f"{name}{suffix}")
-
-
-def _write_atomic(write: Any, final: Path) -> None:
-    tmp = final.with_name(f".{final.name}.tmp")
-    write(tmp, index=False)
-    os.replace(tmp, final)
+        final = run_dir / f"{name}{suffix}"
+        tmp = final.with_name(f".{final.name}.tmp")
+        write(tmp, index=False)
+        os.replace(tmp, final)
 
 
 def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

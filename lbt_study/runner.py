@@ -250,7 +250,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], run_dir: str) -> None:
     except Exception as exc:  # a failed trial is a recorded outcome, not a crashed study
         if not isinstance(exc, UserError):
             traceback.print_exc()
-        last = next(iter(read_rows(rows_path)[-1:]), None)  # how far it got
+        last = (read_rows(rows_path) or [None])[-1]  # how far it got
         row = _failed_row(exc, last, cfg)
         log = RowLog(rows_path)
         log.append(row)
@@ -271,8 +271,11 @@ def _resources_for(config: dict[str, Any], base: dict[str, Any],
 
 
 def _trial_cpus(config: dict[str, Any], base: dict[str, Any]) -> int:
-    """CPUs the trial of a suggested config takes (workers x cpus_per_worker)."""
-    values = _values(config, base)
+    return trial_cpus(_values(config, base))
+
+
+def trial_cpus(values: dict[str, Any]) -> int:
+    """CPUs a trial takes: workers x cpus_per_worker."""
     return int(values.get("workers", 1)) * int(values.get("cpus_per_worker", 1))
 
 
@@ -285,7 +288,7 @@ def trial_resources(values: dict[str, Any], slots: bool) -> tune.PlacementGroupF
     if workers == 1 and values.get("launcher", "auto") == "auto":
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **({SLOT: cpus} if slots else {})}
     else:
-        bundle = {SLOT: workers * cpus} if slots else {"CPU": 0.01}
+        bundle = {SLOT: trial_cpus(values)} if slots else {"CPU": 0.01}
     return tune.PlacementGroupFactory([bundle])
 
 
