@@ -9,6 +9,7 @@ as Parquet and CSV), ``trial_rows/`` (every trial's rows, appended by the trial)
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -88,15 +89,17 @@ def read_table(run_dir: Path, name: str) -> pd.DataFrame:
 
 
 def _read_file(path: Path) -> pd.DataFrame:
-    if path.stat().st_size == 0:
+    # One read of the bytes: pyarrow opens a path more than once, and a table replaced in
+    # between (a running study rewrites its tables) would pair one file's footer with
+    # another's pages.
+    data = path.read_bytes()
+    if not data:
         raise UserError(f"{path} is empty (0 bytes)")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)  # the footer is checked: a truncated file does not open
-    with path.open("rb") as f:  # lbt-study ends every CSV line; a cut file ends mid-line
-        f.seek(-1, 2)
-        if f.read(1) != b"\n":
-            raise UserError(f"{path} is truncated (its last line is incomplete)")
-    return pd.read_csv(path)
+        return pd.read_parquet(io.BytesIO(data))  # the footer is checked: a cut file fails
+    if not data.endswith(b"\n"):  # lbt-study ends every CSV line; a cut file ends mid-line
+        raise UserError(f"{path} is truncated (its last line is incomplete)")
+    return pd.read_csv(io.BytesIO(data))
 
 
 OPTUNA_TABLES = ("studies", "trials", "version_info")

@@ -2,12 +2,13 @@
 history, the driver holding none of it; the row files as a kill leaves them."""
 
 import json
+import threading
 
 import pandas as pd
 
-from lbt_study.results import ResultsWriter, load_results
+from lbt_study.results import ResultsWriter, load_results, write_table
 from lbt_study.rowlog import RowLog, read_rows
-from lbt_study.rundir import trial_rows_path
+from lbt_study.rundir import read_table, trial_rows_path
 
 
 def _trial(run_dir, tid, steps):
@@ -76,3 +77,31 @@ def test_a_line_cut_by_a_kill_is_skipped_and_the_rows_before_it_kept(tmp_path):
     path.write_text("\n".join(whole) + "\n" + json.dumps({"step": 10})[:7])
     assert [r["step"] for r in read_rows(path)] == [0, 5]
     assert read_rows(tmp_path / "never-written.jsonl") == []
+
+
+def test_a_table_read_while_the_study_rewrites_it_is_one_whole_version(tmp_path):
+    """pyarrow opens a path more than once; a table replaced between the opens paired one
+    file's footer with another's pages (CI: 'Page was smaller (0) than expected (12)')."""
+
+    def table(n):
+        return pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "status": "ok",
+                             "x": range(n)})
+
+    write_table(table(1), tmp_path, "trials")
+    done = threading.Event()
+
+    def rewrite():
+        n = 1
+        while not done.is_set():
+            n = n % 40 + 1
+            write_table(table(n), tmp_path, "trials")
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(300):
+            got = read_table(tmp_path, "trials")
+            assert list(got["x"]) == list(range(len(got)))
+    finally:
+        done.set()
+        writer.join()

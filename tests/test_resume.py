@@ -7,6 +7,7 @@ back to RUNNING in the SQLite database, as the dead driver would have left it.
 """
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -43,8 +44,8 @@ def cli(*args, **kwargs):
 
 
 def finished_rows(run_dir):
-    path = run_dir / "trials.parquet"
-    return len(pd.read_parquet(path)) if path.is_file() else 0
+    path = run_dir / "trials.parquet"  # the bytes at once: the driver replaces the file
+    return len(pd.read_parquet(io.BytesIO(path.read_bytes()))) if path.is_file() else 0
 
 
 def run_then_kill(tmp_path, spec_source, rows=3):
