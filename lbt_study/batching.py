@@ -160,6 +160,26 @@ def eval_steps(examples_after: list[int], every_examples: int) -> set[int]:
     return marks
 
 
+def geometric_eval_steps(examples_after: list[int], per_doubling: int) -> set[int]:
+    """Steps after which to evaluate, spaced evenly in log examples: step 0, the last step,
+    and the first step whose examples seen reach each mark E_1 * 2^(j / per_doubling), E_1
+    being the first step's examples. Consecutive evaluations are then at most
+    2^(1 / per_doubling) apart in examples once steps are finer than the marks (19% at 4 per
+    doubling; every step early on), at every batch size alike."""
+    last = len(examples_after) - 1
+    marks = {0, last}
+    if last < 1:
+        return marks
+    level = -1
+    for s in range(1, last + 1):  # the level of E_1 * 2^(j / k) reached; 1e-9: 2^(4/4) is 2
+        reached = math.floor(per_doubling * math.log2(examples_after[s] / examples_after[1])
+                             + 1e-9)
+        if reached > level:
+            marks.add(s)
+            level = reached
+    return marks
+
+
 @dataclass(frozen=True)
 class BatchSchedule:
     """All of one trial's batch arithmetic (see the module docstring). Steps count from 1;
@@ -227,9 +247,13 @@ class BatchSchedule:
                                        self.ghost_batch_size)
         return replace(self, plans=plans)
 
-    def eval_steps(self, every_examples: int) -> set[int]:
-        """Steps after which to evaluate (see ``eval_steps``)."""
-        return eval_steps(list(self.examples_after), every_examples)
+    def eval_steps(self, cfg: TrainConfig) -> set[int]:
+        """Steps after which to evaluate: ``geometric_eval_steps`` or ``eval_steps`` (every
+        ``eval_every_examples``, else once per epoch), as ``cfg.eval_schedule`` says."""
+        examples = list(self.examples_after)
+        if cfg.eval_schedule == "geometric":
+            return geometric_eval_steps(examples, cfg.evals_per_doubling)
+        return eval_steps(examples, cfg.eval_every_examples or self.train_examples)
 
     def describe(self) -> str:
         """The trial's batch arithmetic in one line, printed at its start."""

@@ -54,8 +54,23 @@ class TrainConfig(BaseModel):
     the batch size by m_i from fraction f_i of the example budget on (e.g. "0.5:2,0.75:4").
     The micro-batch grows; workers and accumulation stay. A string, so Optuna can search it."""
     epochs: float = Field(default=10.0, gt=0)
+    eval_schedule: Literal["geometric", "uniform"] = "geometric"
+    """When to evaluate, besides step 0 and the last step. geometric: ``evals_per_doubling``
+    evaluations per doubling of the examples seen (spacing at most 2^(1/k) - 1: 19% at k = 4),
+    so steps to target are resolved alike at every batch size; uniform: every
+    ``eval_every_examples`` examples (once per epoch without it). Giving
+    ``eval_every_examples`` without ``eval_schedule`` chooses uniform."""
+    evals_per_doubling: int = Field(default=4, gt=0)
     eval_every_examples: int | None = Field(default=None, gt=0)
     train_eval_examples: int = Field(default=512, gt=0)
+    precise_bn: bool = True
+    """Before every evaluation, recompute the running statistics of every batch-statistic
+    norm (batch, ghost_batch, sync_batch, hybrid) as the average over a fixed training
+    subset of ``precise_bn_examples``, in micro-batches of the training's size, and restore
+    the training buffers afterwards: the evaluation measures the model, not statistics left
+    stale by the EMA (momentum 0.1 over few steps at a large batch size)."""
+    precise_bn_examples: int = Field(default=1024, gt=0)
+    """Examples of the precise-BN subset (capped at the training set)."""
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
     divergence_factor: float | None = Field(default=10.0, gt=1)
@@ -72,7 +87,10 @@ class TrainConfig(BaseModel):
     ``target`` at ``stop_at_target_patience`` evaluations in a row: a steps-to-target study
     (Shallue et al. 2018) needs nothing after the target. The learning-rate schedule is still
     laid out over the whole budget (``epochs``)."""
-    stop_at_target_patience: int = Field(default=1, ge=1)
+    stop_at_target_patience: int = Field(default=2, ge=1)
+    """Evaluations in a row at the target before stopping; 2 by default, the confirmation
+    time to target asks for (``lbt_study.targets.CONFIRM``), so the crossing it measures is
+    inside the run."""
     checkpoint_every_s: float = Field(default=30.0, ge=0)
     """Seconds between checkpoints of the training state at evaluations (the last evaluation
     is always checkpointed); 0: at every evaluation. A restarted worker group goes back at
@@ -133,6 +151,15 @@ class TrainConfig(BaseModel):
     frequency, at least one example of each (integer class labels; B at least the number of
     classes; the exact rule: lbt_study.train.stratified_shares)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _uniform_when_spaced(cls, data: object) -> object:
+        """``eval_every_examples`` without ``eval_schedule`` means the uniform schedule."""
+        if isinstance(data, dict) and data.get("eval_every_examples") is not None \
+                and "eval_schedule" not in data:
+            return {**data, "eval_schedule": "uniform"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         for name, value, allowed in (
@@ -149,6 +176,10 @@ class TrainConfig(BaseModel):
         self.growth_phases()  # raises on a malformed schedule
         if self.precision == "bf16" and self.dtype != "float32":
             raise ValueError(f"precision 'bf16' needs dtype float32, got dtype {self.dtype!r}")
+        if self.eval_schedule == "geometric" and self.eval_every_examples is not None:
+            raise ValueError(f"eval_every_examples {self.eval_every_examples} belongs to "
+                             "eval_schedule 'uniform'; the geometric schedule is set by "
+                             "evals_per_doubling")
         if self.stop_at_target and self.target is None:
             raise ValueError("stop_at_target needs a target: the workload declares none; "
                              "set Study(target=...)")

@@ -76,8 +76,9 @@ AT_TARGET: dict[str, str] = {
     "gap_accuracy_at_target": "gap_accuracy",
     "gap_loss_at_target": "gap_loss",
 }
-"""At-target column -> the history column it is read from, at the first evaluation that
-reaches the target."""
+"""At-target column -> the history column it is read from, interpolated at the crossing of the
+target (``lbt_study.targets.time_to_target``: the first evaluation reaching it with the next
+one reaching it too, placed between it and the evaluation before it in log steps)."""
 
 TRIALS_AT_TARGET = ("steps_to_target", "examples_to_target", "seconds_to_target",
                     "gap_accuracy_at_target", "gap_loss_at_target")
@@ -129,7 +130,7 @@ TRIAL_RESULT_COLUMNS: dict[str, str] = {
                          "budget",
     "target": "the objective threshold for time-to-target (the workload's, or the study's)",
     "reached_target": "whether an evaluation reached the target",
-    **{c: f"{c.replace('_', ' ')} (first evaluation reaching the target; NaN if never)"
+    **{c: f"{c.replace('_', ' ')} (interpolated at the target's crossing; NaN if never)"
        for c in TRIALS_AT_TARGET},
 }
 """The trials-table columns after the trial config: what the trial did and measured."""

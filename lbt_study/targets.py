@@ -1,10 +1,15 @@
 """Time to a target: steps, examples and seconds each trial needed to reach a metric value.
 
 This is the measurement of Shallue et al. (2018), "steps to reach a target validation error"
-as a function of batch size. It is taken at the FIRST evaluation whose metric reaches the
-target, so its resolution is the evaluation interval: a trial that crossed the target between
-two evaluations is counted at the later one. Nothing is interpolated between evaluations.
-A trial that never reaches the target gets NaN in every measured column (and
+as a function of batch size. The crossing is taken at the first evaluation that reaches the
+target **and whose next evaluation reaches it too** (``confirm=2``: one noisy evaluation that
+touches the target and falls back does not count; a trial's last evaluation needs no
+successor), and placed between that evaluation and the one before it by linear
+interpolation of the metric in log steps (linear in steps from step 0). Examples, seconds,
+epoch and the gaps at target are interpolated linearly in steps at that point. So the
+resolution is not the evaluation interval: a trial crossing between two evaluations gets a
+step count between them. A step-0 evaluation that already meets (and keeps) the target counts
+as 0 steps. A trial that never reaches the target gets NaN in every measured column (and
 ``reached=False``), never a sentinel such as -1, so means and plots skip it instead of
 being pulled by it.
 """
@@ -39,29 +44,74 @@ def reached(values: pd.Series, target: float, direction: str) -> pd.Series:
     return hit.fillna(False).astype(bool)
 
 
+CONFIRM = 2
+"""Consecutive evaluations that must reach the target for its first crossing to count."""
+
+
 def time_to_target(
-    history: pd.DataFrame, target: float, direction: str, metric: str = "objective"
+    history: pd.DataFrame, target: float, direction: str, metric: str = "objective",
+    confirm: int = CONFIRM,
 ) -> pd.DataFrame:
     """One row per trial (order of first appearance in ``history``): where it reached the target.
 
     Columns: trial_id, reached, steps_to_target, examples_to_target, seconds_to_target
     (``train_seconds`` there: training time, evaluation excluded), epoch_to_target,
-    gap_accuracy_at_target, gap_loss_at_target, value_at_target (``metric`` there), all taken
-    at the first evaluation (lowest step) whose ``metric`` reaches ``target``. The resolution is
-    the evaluation interval; no interpolation. A step-0 evaluation that already meets the
-    target counts (steps_to_target 0). Never reached: NaN in every measured column. A measured
-    column whose source is missing from ``history`` (e.g. gap_accuracy for a regression
-    workload) is all NaN. Measured columns are float64 whether or not any trial reached.
+    gap_accuracy_at_target, gap_loss_at_target (interpolated at the crossing, see the
+    module docstring), value_at_target (``metric`` at the first evaluation that reached the
+    target and kept it for ``confirm`` evaluations) and eval_step_at_target (that
+    evaluation's step). Never reached: NaN in every measured column. A measured column
+    whose source is missing from ``history`` (e.g. gap_accuracy for a regression workload)
+    is all NaN. Measured columns are float64 whether or not any trial reached.
     """
     _require(history, ("trial_id", "step", "examples_seen", metric), "time_to_target")
+    if confirm < 1:
+        raise ValueError(f"time_to_target: confirm must be >= 1, got {confirm}")
     trials = _trials(history)
-    hit = reached(history[metric], target, direction)
-    first = _one_row_per_trial(history.loc[hit], trials, last=False)
+    code = pd.Categorical(history["trial_id"], categories=trials).codes
+    scored = (code >= 0) & np.isfinite(_float_column(history, metric))  # NaN: no evaluation
+    ordered = history.assign(_trial=code)[scored].sort_values(["_trial", "step"],
+                                                              kind="stable")
+    t = ordered["_trial"].to_numpy()
+    hit = reached(ordered[metric], target, direction).to_numpy()
+    value = _float_column(ordered, metric)
+    at, before = _confirmed_crossings(t, hit, confirm)
+    prev = np.maximum(at - 1, 0)  # the miss before the crossing, where ``before``
+    step = _float_column(ordered, "step")
+    s0, s1 = step[prev], step[at]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(before, (target - value[prev]) / (value[at] - value[prev]), 1.0)
+        in_logs = s0 * (s1 / s0) ** f  # linear in log steps; from step 0, linear in steps
+        crossing = np.where(before, np.where(s0 > 0, in_logs, s0 + f * (s1 - s0)), s1)
+        w = np.where(before, (crossing - s0) / (s1 - s0), 1.0)
+    found = pd.DataFrame(index=t[at])
+    for name, source in AT_TARGET.items():
+        col = _float_column(ordered, source)
+        found[name] = col[prev] * (1 - w) + col[at] * w
+    found["steps_to_target"] = crossing
+    found["value_at_target"], found["eval_step_at_target"] = value[at], s1
+    out = found.reindex(range(len(trials)))
+    out.insert(0, "reached", out.index.isin(found.index))
+    out.insert(0, "trial_id", trials)
+    return out.reset_index(drop=True).astype({c: "float64" for c in found.columns})
 
-    out = pd.DataFrame({"trial_id": trials, "reached": trials.isin(history.loc[hit, "trial_id"])})
-    for name, source in {**AT_TARGET, "value_at_target": metric}.items():
-        out[name] = _float_column(first, source)
-    return out.reset_index(drop=True)
+
+def _confirmed_crossings(t: np.ndarray, hit: np.ndarray,
+                         confirm: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per trial that has one (rows sorted by trial code ``t``, then step): the position of
+    its first evaluation that reaches the target with the next ``confirm - 1`` evaluations
+    of the trial (as many as it has), and whether there is an evaluation before it (a miss)
+    to interpolate from."""
+    ok = hit.copy()
+    for k in range(1, confirm):
+        same = np.zeros(len(t), dtype=bool)
+        same[:-k] = t[k:] == t[:-k]
+        ok &= ~same | np.concatenate([hit[k:], np.ones(k, dtype=bool)])
+    positions = np.flatnonzero(ok)
+    _, first = np.unique(t[positions], return_index=True)
+    at = positions[first]
+    prev = np.maximum(at - 1, 0)
+    before = (at > 0) & (t[prev] == t[at]) & ~hit[prev]
+    return at, before
 
 
 def final_and_at_target_gap(

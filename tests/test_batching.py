@@ -1,8 +1,12 @@
 """make_batch_plan: B = workers x accumulation x micro-batch, and the norm batch size."""
 
+import math
+
+import numpy as np
 import pytest
 
 from lbt_study.batching import make_batch_plan
+from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
 
 
@@ -127,7 +131,31 @@ def test_schedule_lays_out_every_step_with_batch_growth():
     assert [s.plan_at(k).global_batch_size for k in (0, 1, 5, 6, 8)] == [100, 100, 100, 200, 400]
     assert s.plan_at(6).micro_batch_size == 100  # 200 over 2 workers
     assert list(s.worker_slice(list(range(200)), 1, s.plan_at(6))) == list(range(100, 200))
-    assert s.eval_steps(500) == {0, 5, 8}  # 500 examples after step 5, 1000 crossed at 8
+    uniform = TrainConfig(lr=0.1, batch_size=100, eval_every_examples=500)
+    assert uniform.eval_schedule == "uniform"  # chosen by giving the spacing
+    assert s.eval_steps(uniform) == {0, 5, 8}  # 500 examples after step 5, 1000 crossed at 8
+    # geometric, 1 per doubling of 100: 100 200 400 800 -> steps 1 2 4 7, and the last
+    assert s.eval_steps(TrainConfig(lr=0.1, batch_size=100, evals_per_doubling=1)) == \
+        {0, 1, 2, 4, 7, 8}
+
+
+def test_geometric_schedule_spaces_evaluations_evenly_in_log_examples_at_every_b():
+    from lbt_study.batching import geometric_eval_steps
+
+    for b, steps in ((16, 719), (128, 90), (1024, 11)):
+        examples = [b * s for s in range(steps + 1)]
+        marks = sorted(geometric_eval_steps(examples, 4))
+        assert marks[:2] == [0, 1] and marks[-1] == steps
+        doublings = np.diff(np.log2(marks[1:]))  # between consecutive evaluations
+        assert doublings.max() <= 1.0 + 1e-12  # every step early on: 1 -> 2 at most
+        assert np.median(doublings) <= math.log2(1.25) + 1e-12  # the median: <= 25% apart
+        # once a step is finer than a mark (from step 8 on), 2^(1/4) apart up to one step
+        late = np.array(marks[1:-1])
+        late = late[late >= 8]
+        if len(late) > 1:
+            assert np.diff(np.log2(late)).max() <= 0.25 + math.log2(9 / 8)
+        assert abs(len(marks) - (4 * math.log2(steps) + 2)) <= 6  # ~4 per doubling
+    assert geometric_eval_steps([0, 16, 32, 48, 64], 4) == {0, 1, 2, 3, 4}
 
 
 def test_schedule_scales_the_learning_rate_to_b():

@@ -1,4 +1,7 @@
-"""time_to_target and friends on literal history tables whose answers are counted by hand."""
+"""time_to_target and friends on literal history tables whose answers are worked out by hand:
+the crossing is the first evaluation reaching the target with the next one reaching it too,
+placed by linear interpolation of the objective in log steps (linear in steps from step 0)
+between it and the miss before it; the other at-target columns linear in steps there."""
 
 import math
 import time
@@ -14,7 +17,7 @@ NAN = math.nan
 
 MEASURED = [
     "steps_to_target", "examples_to_target", "seconds_to_target", "epoch_to_target",
-    "gap_accuracy_at_target", "gap_loss_at_target", "value_at_target",
+    "gap_accuracy_at_target", "gap_loss_at_target", "value_at_target", "eval_step_at_target",
 ]
 
 
@@ -46,11 +49,24 @@ def expected(rows: dict[str, list]) -> pd.DataFrame:
     return frame
 
 
-NEVER = [NAN] * 7  # the measured columns of a trial that never reached the target
+NEVER = [NAN] * 8  # the measured columns of a trial that never reached the target
 
 
-def row(step, examples, seconds, epoch, gap_acc, gap_loss, value):
-    return [step, examples, seconds, epoch, gap_acc, gap_loss, value]
+def row(step, examples, seconds, epoch, gap_acc, gap_loss, value, eval_step):
+    return [step, examples, seconds, epoch, gap_acc, gap_loss, value, eval_step]
+
+
+def in_logs(s0, s1, v0, v1, target):
+    """Worked by hand: the step where log-linear interpolation of v between (s0, v0) and
+    (s1, v1) meets the target, and the fraction of the way from s0 to s1 it lies (in steps)."""
+    step = s0 * (s1 / s0) ** ((target - v0) / (v1 - v0))
+    return step, (step - s0) / (s1 - s0)
+
+
+def a_at(target, w):
+    """Trial a's at-target columns a fraction w of the way from step 10 to 20."""
+    return row(10 + 10 * w, 320 + 320 * w, 0.7 + 0.8 * w, 0.5 + 0.5 * w, 0.01 + 0.02 * w,
+               0.05 + 0.05 * w, 0.92, 20)
 
 
 def table(*trials):
@@ -75,39 +91,83 @@ def test_reached_nullable_na_is_not_reached():
 
 def test_maximize_one_reaches_at_third_evaluation_other_never():
     got = time_to_target(history(), 0.9, "maximize")
-    want = table(("a", True, row(20, 640, 1.5, 1.0, 0.03, 0.1, 0.92)), ("b", False, NEVER))
+    step, w = in_logs(10, 20, 0.6, 0.92, 0.9)  # 10 * 2^(0.3/0.32) = 19.15
+    assert step == pytest.approx(19.152, abs=1e-3)
+    want = table(("a", True, a_at(0.9, w)), ("b", False, NEVER))
     assert_frame_equal(got, want)
 
 
 def test_minimize_val_loss():
     got = time_to_target(history(), 0.5, "minimize", metric="val_loss")
-    want = table(("a", True, row(20, 640, 1.5, 1.0, 0.03, 0.1, 0.3)), ("b", False, NEVER))
+    step, w = in_logs(10, 20, 0.9, 0.3, 0.5)
+    want = table(("a", True, row(step, 320 + 320 * w, 0.7 + 0.8 * w, 0.5 + 0.5 * w,
+                                 0.01 + 0.02 * w, 0.05 + 0.05 * w, 0.3, 20)),
+                 ("b", False, NEVER))
     assert_frame_equal(got, want)
 
 
 def test_nan_evaluations_are_skipped():
-    # b: 0.5 at step 10 < 0.7, NaN at step 20 skipped, 0.8 at step 30 reaches.
+    # b: 0.5 at step 10 < 0.7, NaN at step 20 skipped, 0.8 at step 30 reaches (its last)
     got = time_to_target(history(), 0.7, "maximize")
+    step_a, wa = in_logs(10, 20, 0.6, 0.92, 0.7)
+    step_b, wb = in_logs(10, 30, 0.5, 0.8, 0.7)  # 10 * 3^(2/3)
     want = table(
-        ("a", True, row(20, 640, 1.5, 1.0, 0.03, 0.1, 0.92)),
-        ("b", True, row(30, 960, 2.4, 1.5, 0.05, 0.07, 0.8)),
+        ("a", True, a_at(0.7, wa)),
+        ("b", True, row(step_b, 320 + 640 * wb, 0.8 + 1.6 * wb, 0.5 + 1.0 * wb,
+                        0.02 + 0.03 * wb, 0.02 + 0.05 * wb, 0.8, 30)),
     )
     assert_frame_equal(got, want)
-    # the same with minimize: b's val_loss is NaN at step 20 and 0.6 at step 30
+    # minimize: a from step 0 (linear in steps: 1.3/1.4 of 10); b's NaN at 20 skipped
     got = time_to_target(history(), 1.0, "minimize", metric="val_loss")
-    assert got["steps_to_target"].tolist() == [10.0, 30.0]
+    assert got["steps_to_target"].tolist() == pytest.approx(
+        [10 * 1.3 / 1.4, in_logs(10, 30, 1.2, 0.6, 1.0)[0]])
 
 
 def test_target_met_at_step_zero_counts():
     got = time_to_target(history(), 0.1, "maximize")
-    at_zero = row(0, 0, 0.0, 0.0, 0.0, 0.0, 0.1)
+    at_zero = row(0, 0, 0.0, 0.0, 0.0, 0.0, 0.1, 0)
     assert_frame_equal(got, table(("a", True, at_zero), ("b", True, at_zero)))
+
+
+def test_a_noisy_first_crossing_does_not_count():
+    hist = pd.DataFrame({"trial_id": "n", "step": [0, 10, 20, 30, 40],
+                         "examples_seen": [0, 10, 20, 30, 40],
+                         "objective": [0.1, 0.91, 0.85, 0.92, 0.95]})
+    got = time_to_target(hist, 0.9, "maximize")
+    # 0.91 at step 10 falls back to 0.85: the crossing is between steps 20 and 30
+    assert got.loc[0, "steps_to_target"] == pytest.approx(in_logs(20, 30, 0.85, 0.92, 0.9)[0])
+    assert got.loc[0, "eval_step_at_target"] == 30
+    # confirm=1 takes the first touch, from step 0 linearly: 0.8/0.81 of 10 steps
+    got = time_to_target(hist, 0.9, "maximize", confirm=1)
+    assert got.loc[0, "steps_to_target"] == pytest.approx(10 * 0.8 / 0.81)
+    # a trial's last evaluation needs no successor
+    got = time_to_target(hist.iloc[:4], 0.92, "maximize")
+    assert got.loc[0, "steps_to_target"] == 30 and got.loc[0, "reached"]
+    with pytest.raises(ValueError, match="confirm must be >= 1"):
+        time_to_target(hist, 0.9, "maximize", confirm=0)
+
+
+def test_interpolation_on_a_geometric_schedule_resolves_a_smooth_curve():
+    """objective = 1 - exp(-step / tau) crosses 0.9 at tau ln 10; evaluations 4 per doubling:
+    the first evaluation past it is up to 19% late, the interpolated crossing within 2%."""
+    from lbt_study.batching import geometric_eval_steps
+
+    for tau in (7.3, 41.0, 133.0):
+        marks = np.array(sorted(geometric_eval_steps(list(range(0, 2001)), 4)))
+        hist = pd.DataFrame({"trial_id": "s", "step": marks, "examples_seen": marks,
+                             "objective": 1 - np.exp(-marks / tau)})
+        got = time_to_target(hist, 0.9, "maximize").loc[0]
+        truth = tau * math.log(10)
+        assert got["steps_to_target"] == pytest.approx(truth, rel=0.02)
+        assert got["eval_step_at_target"] >= truth
 
 
 def test_missing_optional_columns_give_nan():
     hist = history().drop(columns=["gap_accuracy", "gap_loss", "epoch", "train_seconds"])
     got = time_to_target(hist, 0.9, "maximize")
-    want = table(("a", True, row(20, 640, NAN, NAN, NAN, NAN, 0.92)), ("b", False, NEVER))
+    step, w = in_logs(10, 20, 0.6, 0.92, 0.9)
+    want = table(("a", True, row(step, 320 + 320 * w, NAN, NAN, NAN, NAN, 0.92, 20)),
+                 ("b", False, NEVER))
     assert_frame_equal(got, want)
 
 
@@ -121,7 +181,8 @@ def test_trial_order_is_first_appearance_even_when_rows_interleave():
     got = time_to_target(hist, 0.9, "maximize")
     assert got["trial_id"].tolist() == ["z", "m", "c"]
     assert got["reached"].tolist() == [True, False, True]
-    assert got["steps_to_target"].tolist()[0::2] == [20.0, 0.0]
+    assert got["steps_to_target"].tolist()[0::2] == pytest.approx(
+        [in_logs(10, 20, 0.6, 0.92, 0.9)[0], 0.0])
     assert list(got.index) == [0, 1, 2]
 
 
@@ -153,14 +214,17 @@ def test_missing_metric_column_raises():
         time_to_target(history(), 0.1, "minimize", metric="val_error")
 
 
+W = in_logs(10, 20, 0.6, 0.92, 0.9)[1]  # where trial a crosses 0.9
+
+
 def test_final_and_at_target_gap():
     got = final_and_at_target_gap(history(), 0.9, "maximize")
     want = pd.DataFrame({
         "trial_id": ["a", "b"],
         "gap_accuracy_final": [0.04, 0.05],
         "gap_loss_final": [0.12, 0.07],
-        "gap_accuracy_at_target": [0.03, NAN],
-        "gap_loss_at_target": [0.1, NAN],
+        "gap_accuracy_at_target": [0.01 + 0.02 * W, NAN],
+        "gap_loss_at_target": [0.05 + 0.05 * W, NAN],
     })
     assert_frame_equal(got, want)
 
@@ -198,10 +262,21 @@ def synthetic_history(trials: int = 1000, evals: int = 100) -> pd.DataFrame:
 
 
 def reference(hist: pd.DataFrame, trial_id: str, target: float) -> dict | None:
-    """Straightforward per-trial loop over rows: the first row with objective >= target."""
-    for rec in hist[hist["trial_id"] == trial_id].to_dict("records"):
-        if not math.isnan(rec["objective"]) and rec["objective"] >= target:
-            return rec
+    """A plain loop over one trial's scored rows in step order: the first that reaches the
+    target with its successor (or is last), and the log-interpolated step from the miss
+    before it."""
+    recs = [r for r in hist[hist["trial_id"] == trial_id].sort_values("step").to_dict("records")
+            if not math.isnan(r["objective"])]
+    for i, rec in enumerate(recs):
+        nxt = recs[i + 1]["objective"] >= target if i + 1 < len(recs) else True
+        if rec["objective"] >= target and nxt:
+            if i == 0:
+                return {**rec, "crossing": rec["step"]}
+            s0, v0 = recs[i - 1]["step"], recs[i - 1]["objective"]
+            f = (target - v0) / (rec["objective"] - v0)
+            crossing = s0 + f * (rec["step"] - s0) if s0 == 0 else \
+                math.exp(math.log(s0) + f * (math.log(rec["step"]) - math.log(s0)))
+            return {**rec, "crossing": crossing}
     return None
 
 
@@ -227,12 +302,13 @@ def test_large_history_is_fast_and_matches_reference():
             continue
         checked += 1
         assert got.loc[i, "reached"]
-        assert got.loc[i, "steps_to_target"] == ref["step"]
-        assert got.loc[i, "examples_to_target"] == ref["examples_seen"]
-        assert got.loc[i, "seconds_to_target"] == ref["train_seconds"]
-        assert got.loc[i, "epoch_to_target"] == ref["epoch"]
+        assert got.loc[i, "steps_to_target"] == pytest.approx(ref["crossing"], rel=1e-12)
+        assert ref["step"] - 10 < got.loc[i, "steps_to_target"] <= ref["step"]
+        batch = ref["examples_seen"] / ref["step"]  # each trial has one batch size
+        assert got.loc[i, "examples_to_target"] == pytest.approx(ref["crossing"] * batch)
+        assert got.loc[i, "epoch_to_target"] == pytest.approx(ref["crossing"] * batch / 50_000)
         assert got.loc[i, "value_at_target"] == ref["objective"]
-        assert gaps.loc[i, "gap_accuracy_at_target"] == ref["gap_accuracy"]
+        assert got.loc[i, "eval_step_at_target"] == ref["step"]
         last = hist[hist["trial_id"] == tid].iloc[-1]
         assert gaps.loc[i, "gap_loss_final"] == last["gap_loss"]
     assert checked >= 5

@@ -136,7 +136,8 @@ def test_stop_at_target_ends_at_the_first_evaluation_reaching_it_with_the_same_h
                 eval_every_examples=5 * 32, target=0.9)
     full, stopped = [], []
     run_training(TrainConfig(**base), full.append)
-    outcome = run_training(TrainConfig(**base, stop_at_target=True), stopped.append)
+    outcome = run_training(TrainConfig(**base, stop_at_target=True,
+                                       stop_at_target_patience=1), stopped.append)
     first = next(r for r in full if r["objective"] >= 0.9)
     assert outcome.status == "ok" and outcome.steps == first["step"] < full[-1]["step"]
     last = stopped[-1]
@@ -151,7 +152,7 @@ def test_stop_at_target_patience_waits_for_evaluations_in_a_row():
     base = dict(model="mlp", norm="none", batch_size=32, lr=0.05, epochs=3.0,
                 eval_every_examples=5 * 32, target=0.9, stop_at_target=True)
     one, three = [], []
-    run_training(TrainConfig(**base), one.append)
+    run_training(TrainConfig(**base, stop_at_target_patience=1), one.append)
     run_training(TrainConfig(**base, stop_at_target_patience=3), three.append)
     hits = [r["objective"] >= 0.9 for r in three]
     assert hits[-3:] == [True, True, True] and len(three) >= len(one) + 2

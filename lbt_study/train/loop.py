@@ -34,8 +34,7 @@ class Loop:
         self.parts, self.state = parts, state
         self.report, self.checkpoint = report, checkpoint
         self.rows = RowBuilder(parts, state)
-        every = parts.cfg.eval_every_examples or parts.schedule.train_examples
-        self.eval_at = parts.schedule.eval_steps(every)
+        self.eval_at = parts.schedule.eval_steps(parts.cfg)
         self.checkpoints = Cadence(parts.cfg.checkpoint_every_s, parts.device)
 
     def emit(self, row: Row) -> None:

@@ -9,6 +9,7 @@ the last carry ``config_as_run`` (the parsed config as JSON), ``learning_rate`` 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -23,6 +24,7 @@ from lbt_study.device import PLAIN, GpuSettings, gather
 from lbt_study.measure import peak_memory_bytes, top_hessian_eigenvalue
 from lbt_study.norms import hybrid_alpha
 from lbt_study.train.noise import read_noise_scale
+from lbt_study.train.precise_bn import PreciseBN
 from lbt_study.train.setup import Parts, world
 from lbt_study.train.state import TrainState
 from lbt_study.workload import Workload
@@ -114,6 +116,7 @@ class RowBuilder:
 
     def __init__(self, parts: Parts, state: TrainState) -> None:
         self.parts, self.state, self.interval = parts, state, Interval()
+        self.precise = PreciseBN.attach(parts)
 
     def evaluation(self, step: int, status: str, model: nn.Module | None = None) -> Row:
         """Evaluate (train subset and validation set, eval mode) and build the row."""
@@ -121,9 +124,11 @@ class RowBuilder:
         p = self.parts
         model = model or p.model
         sub = p.train_eval_idx.to(p.data.x_train.device)
-        train = evaluate(model, p.data.x_train[sub], p.data.y_train[sub], p.workload,
-                         p.device, settings=p.gpu)
-        val = evaluate(model, p.data.x_val, p.data.y_val, p.workload, p.device, settings=p.gpu)
+        with self.statistics(model, step):
+            train = evaluate(model, p.data.x_train[sub], p.data.y_train[sub], p.workload,
+                             p.device, settings=p.gpu)
+            val = evaluate(model, p.data.x_val, p.data.y_val, p.workload, p.device,
+                           settings=p.gpu)
         seen = p.schedule.examples_after[step]
         row: Row = {"step": step, "examples_seen": seen, "epoch": seen / len(p.data.x_train),
                     "lr": p.opt.param_groups[0]["lr"],
@@ -139,6 +144,12 @@ class RowBuilder:
             row["replica_spread"] = replica_spread(p.model, p.device)
         self.state.eval_seconds += time.perf_counter() - t0
         return self.finish(row, step, status)
+
+    def statistics(self, model: nn.Module, step: int) -> contextlib.AbstractContextManager:
+        """Precise BN around an evaluation (the SWA average has its own, from update_bn)."""
+        if self.precise is None or model is not self.parts.model:
+            return contextlib.nullcontext()
+        return self.precise.recomputed(model, self.parts.schedule.plan_at(step).micro_batch_size)
 
     def final(self, row: Row | None = None) -> Row:
         """The last evaluation, at the current step: of the weight average under SWA; with

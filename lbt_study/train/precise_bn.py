@@ -1,0 +1,92 @@
+"""Precise BatchNorm statistics at evaluation time (Wu & Johnson 2021, "Rethinking 'Batch' in
+BatchNorm"): the running statistics of every batch-statistic norm recomputed over a fixed
+training subset before an evaluation, and the training buffers put back after it.
+
+Training keeps an exponential moving average (momentum 0.1) of batch statistics. A run of few
+steps at a large batch size ends with a good part of its initial statistics still in that
+average (12 steps: 0.9^12 = 28%), so evaluating with it measures the stale buffers, not the
+model. Here every such module's running mean and variance become the plain average, over the
+subset's micro-batches (of the size training used, so each statistic sees what it saw in
+training), of the micro-batch mean and unbiased variance: BatchNorm's own update with
+momentum 1/i at the i-th micro-batch. Under SyncBN in a process group each worker takes its
+share of the subset and the statistics pool over workers, as in training; otherwise every
+worker runs the whole subset and all get the same buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lbt_study.device import gather
+from lbt_study.norms import GhostBatchNorm, SyncBatchNorm
+from lbt_study.train.setup import Parts
+
+
+def batch_stat_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules that normalise with batch statistics and keep running estimates."""
+    return [m for m in model.modules()
+            if isinstance(m, _BatchNorm | GhostBatchNorm)
+            and getattr(m, "running_mean", None) is not None]
+
+
+class PreciseBN:
+    """Recomputes a model's batch statistics on a fixed training subset (see the module)."""
+
+    def __init__(self, parts: Parts, subset: Tensor) -> None:
+        self.parts, self.subset = parts, subset
+
+    @classmethod
+    def attach(cls, parts: Parts) -> PreciseBN | None:
+        """None when ``precise_bn`` is off or the model has no batch-statistic norm."""
+        if not parts.cfg.precise_bn or not batch_stat_modules(parts.model):
+            return None
+        n = len(parts.data.x_train)
+        gen = torch.Generator().manual_seed(parts.cfg.seed + 2)
+        return cls(parts, torch.randperm(n, generator=gen)[: min(parts.cfg.precise_bn_examples,
+                                                                 n)])
+
+    def chunks(self, model: nn.Module, micro: int) -> list[Tensor]:
+        """This worker's micro-batches of the subset (all of equal size)."""
+        p, idx = self.parts, self.subset
+        if p.size > 1 and any(isinstance(m, SyncBatchNorm | nn.SyncBatchNorm)
+                              for m in model.modules()):
+            idx = idx[p.rank::p.size]
+        size = min(micro, len(idx))
+        ghost = [m.ghost_batch_size for m in model.modules() if isinstance(m, GhostBatchNorm)]
+        if ghost and size % ghost[0]:  # a subset smaller than the micro-batch
+            size = max(size - size % ghost[0], ghost[0])
+        count = max(len(idx) // size, 1)
+        return list(idx[: count * size].chunk(count))
+
+    @contextlib.contextmanager
+    def recomputed(self, model: nn.Module, micro: int) -> Iterator[None]:
+        """Within: the model's batch statistics are the subset's; after: as they were."""
+        modules = batch_stat_modules(model)
+        saved = [({k: v.clone() for k, v in m.named_buffers(recurse=False)}, m.momentum)
+                 for m in modules]
+        was_training = model.training
+        try:
+            self._recompute(model, modules, micro)
+            yield
+        finally:
+            for m, (buffers, momentum) in zip(modules, saved, strict=True):
+                for name, value in buffers.items():
+                    getattr(m, name).copy_(value)
+                m.momentum = momentum
+            model.train(was_training)
+
+    @torch.no_grad()
+    def _recompute(self, model: nn.Module, modules: list[nn.Module], micro: int) -> None:
+        p = self.parts
+        model.train()
+        with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
+            for i, idx in enumerate(self.chunks(model, micro), start=1):
+                for m in modules:
+                    m.momentum = 1.0 / i  # the running average of the chunks' statistics
+                with p.gpu.autocast(p.device):
+                    model(p.gpu.prepare(gather(p.data.x_train, idx, p.device)))
