@@ -197,6 +197,7 @@ def _write_meta(run_dir: Path, study: Any, spec: str, direction: str, total: int
             "sampler": study.sampler_name, "sampler_seed": study.sampler_seed,
             "multi_objective": study.multi_objective, "objective": f"val_{objective}",
             "objective_direction": direction, "target": target,
+            "targets": sorted({*([target] if target is not None else []), *study.targets}),
             "asha": study.asha.model_dump() if study.asha else None,
             "lbt_study_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / STUDY_JSON).write_text(json.dumps(meta, indent=2, default=str))

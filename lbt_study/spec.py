@@ -70,7 +70,11 @@ class Study(BaseModel):
     max_failures: int = Field(default=2, ge=0)
     """Times Tune retries a trial whose process died (from its last checkpoint)."""
     target: float | None = None
-    """Threshold on the objective for steps/examples/time to target (default: the workload's)."""
+    """Threshold on the objective for steps/examples/time to target (default: the workload's):
+    the trials table's at-target columns, ``stop_at_target`` and the frontier use it."""
+    targets: list[float] = Field(default_factory=list)
+    """More thresholds at which the report also measures the frontier and the critical batch
+    size from the history (B_crit as a function of the target), besides ``target``."""
     protocol: Literal["joint", "per_batch_size"] = "joint"
     """joint: one search over everything (batch size included), TPE by default.
     per_batch_size (Shallue et al. 2018): every batch size in ``batch_sizes`` (and every norm

@@ -120,11 +120,13 @@ def test_gns_curves_thin_each_trial_to_the_settings_points():
     assert "no gns_simple values" in silent.reason
 
 
-def test_add_targets_from_history_measures_the_first_evaluation_at_the_target():
+def test_add_targets_from_history_measures_the_crossing_of_the_target():
     old = TRIALS[["trial_id", "status", "batch_size"]].head(1)
     out, notes = add_targets_from_history(old, HISTORY, STUDY)
-    assert out.loc[0, "reached_target"] and out.loc[0, "steps_to_target"] == 500
-    assert out.loc[0, "examples_to_target"] == 16000
+    crossing = 250 * 2 ** ((0.9 - 0.5) / (0.95 - 0.5))  # between steps 250 and 500, in logs
+    assert out.loc[0, "reached_target"]
+    assert out.loc[0, "steps_to_target"] == pytest.approx(crossing)
+    assert out.loc[0, "examples_to_target"] == pytest.approx(32 * crossing)
     assert len(notes) == 1 and "measured from the history with time_to_target" in notes[0]
     same, none = add_targets_from_history(TRIALS, HISTORY, STUDY)
     assert same is TRIALS and none == ()

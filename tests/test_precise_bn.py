@@ -62,7 +62,7 @@ def test_ghost_batch_statistics_are_recomputed_in_ghost_batches():
 
 def test_at_a_large_batch_the_evaluation_measures_the_model_not_stale_statistics():
     """Digits CNN, B=1024: 8 steps leave 0.9^8 = 43% of the initial statistics in the EMA."""
-    base = dict(model="cnn", norm="batch", batch_size=1024, lr=0.4, epochs=8 * 1024 / 1437,
+    base = dict(model="cnn", norm="batch", batch_size=1024, lr=0.03, epochs=8 * 1024 / 1437,
                 eval_every_examples=2 * 1024, measure_gns=False, probe_memory=False)
     stale, precise = [], []
     run_training(TrainConfig(**base, precise_bn=False), stale.append)
@@ -71,4 +71,4 @@ def test_at_a_large_batch_the_evaluation_measures_the_model_not_stale_statistics
     # the same training (precise BN puts the buffers back): the same minibatch losses
     assert [r["minibatch_loss"] for r in precise[1:]] == [r["minibatch_loss"] for r in stale[1:]]
     gain = [p["val_accuracy"] - s["val_accuracy"] for p, s in zip(precise, stale, strict=True)]
-    assert max(gain[1:]) > 0.1, gain
+    assert min(gain[1:]) > 0.1, gain  # scripts/precise_bn.py: +0.19 to +0.43 here

@@ -49,7 +49,14 @@ def _study_json(run_dir: Path) -> StudyInfo:
     if target is not None and not _is_number(target):
         problems.append(f"target is {target!r}, not a number: no steps to target")
         target = None
-    return StudyInfo(meta, direction, None if target is None else float(target), tuple(problems))
+    target = None if target is None else float(target)
+    targets = meta.get("targets", [target] if target is not None else [])
+    if not isinstance(targets, list) or not all(map(_is_number, targets)):
+        problems.append(f"targets is {targets!r}, not a list of numbers: only the target is "
+                        "measured")
+        targets = [target] if target is not None else []
+    return StudyInfo(meta, direction, target, tuple(problems),
+                     targets=tuple(float(t) for t in targets))
 
 
 def _is_number(value: Any) -> bool:
