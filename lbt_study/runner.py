@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -583,8 +584,10 @@ def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampl
     """tpe: Optuna's TPE (NSGA-II when there are several objectives); qmc: scrambled Sobol
     quasi-random points (Shallue et al. 2018 used quasi-random search); random."""
     if name == "qmc":
-        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
-                                          warn_independent_sampling=False)
+        with warnings.catch_warnings():  # "QMCSampler is experimental": said once, in docs
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                              warn_independent_sampling=False)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if multi:

@@ -13,6 +13,7 @@ from lbt_study.analysis import (
     critical_batch_size,
     steps_to_target_frontier,
 )
+from lbt_study.analysis.frontier import min_interval
 
 NAN = math.nan
 PERFECT, DIMINISHING, MAXIMAL = REGIMES
@@ -36,17 +37,20 @@ def trials() -> pd.DataFrame:
 def test_frontier_point_counts_and_reasons():
     got = steps_to_target_frontier(trials(), "maximize")
     assert list(got.columns) == ["batch_size", "trial_id", "steps", "steps_lower", "steps_upper",
-                                 "n_trials", "n_reached", "n_pool", "reason"]
+                                 "n_trials", "n_reached", "upper_rank", "reason"]
     assert list(got["batch_size"]) == [32, 64, 128, 256]
     assert list(got["trial_id"].iloc[:2]) == ["d", "g"]  # d: tie at 80 broken by objective
     assert got["steps"].iloc[:2].tolist() == [80.0, 50.0]
     assert got["steps"].iloc[2:].isna().all()
     assert got["n_trials"].tolist() == [5, 1, 2, 0]
     assert got["n_reached"].tolist() == [4, 1, 0, 0]
-    assert got["n_pool"].tolist() == [3, 1, 0, 0]
+    # 32: five ok trials, 80 80 100 120 and one never reaching: the upper end is the third
+    assert got["upper_rank"].iloc[:2].tolist() == [3, 1]
+    assert got["upper_rank"].iloc[2:].isna().all()
+    assert got.loc[0, ["steps_lower", "steps_upper"]].tolist() == [80.0, 100.0]
     reason = got["reason"]
     assert pd.isna(reason[0])
-    assert "collapses to the point" in reason[1]
+    assert reason[1] == "one trial: the interval collapses to the point (nothing to resample)"
     assert got.loc[1, ["steps_lower", "steps_upper"]].tolist() == [50.0, 50.0]
     assert reason[2] == "none of the 2 trials with status in ('ok',) reached the target"
     assert reason[3] == "no trial with status in ('ok',) (of 1 here)"
@@ -63,14 +67,12 @@ def test_frontier_counts_other_statuses_when_asked():
     assert got.loc[0, ["trial_id", "steps"]].tolist() == ["f", 10.0]
 
 
-def test_frontier_bootstrap_is_deterministic_and_holds_the_point():
-    first = steps_to_target_frontier(trials(), "maximize", seed=7)
-    assert_frame_equal(first, steps_to_target_frontier(trials(), "maximize", seed=7))
-    row = first.iloc[0]  # pool: the three fastest, 80, 80, 100
-    assert row["steps_lower"] <= row["steps"] <= row["steps_upper"] <= 100
+def test_frontier_is_deterministic():
+    assert_frame_equal(steps_to_target_frontier(trials(), "maximize"),
+                       steps_to_target_frontier(trials(), "maximize"))
 
 
-def test_frontier_bootstrap_interval_by_hand():
+def test_frontier_interval_by_hand():
     # Two reaching trials, 40 and 60: a resample of two misses 40 with probability 1/4, so
     # the bootstrap minimum is 40 three times in four and 60 otherwise: [40, 60] at 95%.
     table = pd.DataFrame({
@@ -78,9 +80,55 @@ def test_frontier_bootstrap_interval_by_hand():
         "final_objective": [0.9, 0.9, 0.1], "reached_target": [True, True, False],
         "steps_to_target": [60, 40, NAN],
     })
-    got = steps_to_target_frontier(table, "maximize", top_k=3).iloc[0]
+    got = steps_to_target_frontier(table.head(2), "maximize").iloc[0]
     assert (got["steps"], got["steps_lower"], got["steps_upper"]) == (40, 40, 60)
-    assert "only 2 trials reached the target" in got["reason"]
+    assert got["upper_rank"] == 2 and pd.isna(got["reason"])
+    # z never reaches the target: a resample of three misses both x and y with probability
+    # (1/3)^3 = 3.7% > 2.5%, so the point would vanish too often: the upper end is unbounded
+    got = steps_to_target_frontier(table, "maximize").iloc[0]
+    assert (got["steps"], got["steps_lower"], got["steps_upper"]) == (40, 40, math.inf)
+    assert got["reason"] == ("2 of 3 trials reached the target: a resample has none of them "
+                             "with probability 4%, so steps_upper is unbounded")
+    # at 90% the tail is 5% > 3.7%: the third trial is not needed
+    assert steps_to_target_frontier(table, "maximize", ci=0.9)["steps_upper"].iloc[0] == 60
+
+
+def one_batch(steps: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"trial_id": [f"t{i}" for i in range(len(steps))], "status": "ok",
+                         "batch_size": 64, "final_objective": 0.9, "reached_target": True,
+                         "steps_to_target": steps})
+
+
+def test_frontier_interval_means_how_far_the_point_leans_on_its_fastest_trials():
+    same = steps_to_target_frontier(one_batch([100.0] * 5), "maximize").iloc[0]
+    assert (same["steps_lower"], same["steps_upper"]) == (100, 100)  # nothing to lean on
+    lucky = steps_to_target_frontier(one_batch([50, 100, 100, 100, 100]), "maximize").iloc[0]
+    assert (lucky["steps"], lucky["steps_lower"], lucky["steps_upper"]) == (50, 50, 100)
+    spread = steps_to_target_frontier(one_batch([50, 60, 70, 80, 90]), "maximize").iloc[0]
+    assert (spread["steps_upper"], spread["upper_rank"]) == (70, 3)  # the third fastest
+    # the rank of the upper end: the smallest k with ((n - k) / n)^n <= 2.5%
+    ranks = [steps_to_target_frontier(one_batch(list(range(10, 10 + n))), "maximize")
+             ["upper_rank"].iloc[0] for n in range(1, 13)]
+    assert ranks == [1, 2, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4]
+
+
+def test_frontier_interval_covers_a_repeat_study_as_the_order_statistics_say():
+    # It is no confidence interval for the best-tuned steps S: with trials S exp(|noise|) it
+    # never covers S. It covers the frontier point of a repeat study of n trials with
+    # probability 1/2 - C(2n - k, n) / C(2n, n), whatever the distribution (n 5, k 3: 0.417).
+    # (min_interval is what the frontier computes per batch size: checked on one study first)
+    rng = np.random.default_rng(3)
+    n, studies, covered, covered_s = 5, 4000, 0, 0
+    first = 500 * np.exp(np.abs(rng.normal(0, 0.3, n)))
+    row = steps_to_target_frontier(one_batch(list(first)), "maximize").iloc[0]
+    assert min_interval(np.sort(first), 0.95) == (row["steps_lower"], row["steps_upper"], 3)
+    for _ in range(studies):
+        first, repeat = 500 * np.exp(np.abs(rng.normal(0, 0.3, (2, n))))
+        lower, upper, _ = min_interval(np.sort(first), 0.95)
+        covered += lower <= repeat.min() <= upper
+        covered_s += lower <= 500 <= upper
+    assert covered_s == 0
+    assert covered / studies == pytest.approx(0.5 - math.comb(7, 5) / math.comb(10, 5), abs=0.025)
 
 
 def test_frontier_of_examples():
@@ -93,7 +141,7 @@ def test_frontier_of_examples():
     ({"direction": "higher"}, "not 'higher'"),
     ({"direction": "maximize", "metric": "steps"}, "no column 'steps'"),
     ({"direction": "maximize", "ci": 95}, "ci must lie strictly between 0 and 1"),
-    ({"direction": "maximize", "top_k": 0}, "top_k must be > 0"),
+    ({"direction": "maximize", "by": ()}, "by must name at least one column"),
 ])
 def test_frontier_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

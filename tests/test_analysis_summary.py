@@ -136,7 +136,7 @@ def test_add_targets_from_history_measures_the_crossing_of_the_target():
 
 def test_default_settings_are_the_analysis_functions_defaults():
     s = AnalysisSettings()
-    assert (s.top_k, s.n_boot, s.seed, s.ci) == (3, 1000, 0, 0.95)
+    assert (s.n_boot, s.seed, s.ci) == (1000, 0, 0.95)
     assert (s.zhang_excess, s.perfect_tol, s.plateau_tol) == (0.2, 0.2, 0.1)
     assert (s.statuses, s.throughput_statuses) == (("ok",), ("ok", "pruned"))
     a = analyze(TRIALS, HISTORY, STUDY)
@@ -156,7 +156,9 @@ def test_a_zhang_excess_of_30_percent_moves_the_estimate_and_the_words():
     # ratio 1.3 lies between 1.2 (B = 64) and 1.6 (B = 128), interpolated in log-log
     expected = 64 * 2 ** (math.log(1.3 / 1.2) / math.log(1.6 / 1.2))
     assert table.loc["zhang_20pct", "b_crit"] == pytest.approx(expected)
-    assert table.loc["zhang_20pct", "how"] == "steps 30% above perfect scaling from the smallest B"
+    assert table.loc["zhang_20pct", "how"] == ("steps 30% above perfect scaling from the "
+                                               "smallest B (B0 = 32; on a McCandlish curve "
+                                               "1.3 B0 + 0.3 B_crit)")
     text = words(a)
     assert "30% above it (Zhang et al. 2024)" in text
     assert "steps to target are 30% above perfect linear scaling" in text
@@ -181,11 +183,13 @@ def test_regime_thresholds_reach_the_labels_and_the_words():
 def test_bootstrap_and_status_settings_reach_the_analyses_and_the_words():
     trials = pd.concat([TRIALS, TRIALS.head(1).assign(trial_id="fast", status="pruned",
                                                       throughput=1000.0)], ignore_index=True)
-    s = AnalysisSettings(top_k=2, n_boot=50, seed=7, ci=0.9, throughput_statuses=("ok",))
+    s = AnalysisSettings(n_boot=50, seed=7, ci=0.9, throughput_statuses=("ok",))
     a = analyze(trials, HISTORY, STUDY, settings=s)
     text = words(a)
-    assert "90% percentile-bootstrap interval" in text
-    assert "over the 2 fastest reaching trials (50 resamples, seed 7)" in text
+    assert "the 90% interval of the minimum when the batch size's trials are resampled" in text
+    assert "resampled with replacement 50 times (seed 7)" in text
+    cbs = a.value("critical")["cbs"]
+    assert (cbs.bootstrap.n_boot, cbs.bootstrap.seed, cbs.ci) == (50, 7, 0.9)
     assert "of the fastest trial with status ok per (batch size, workers)" in text
     assert a.value("throughput").loc[0, "trial_id"] == "t32"  # the pruned one does not count
     default = analyze(trials, HISTORY, STUDY)
@@ -193,7 +197,7 @@ def test_bootstrap_and_status_settings_reach_the_analyses_and_the_words():
     assert "with status ok or pruned per" in words(default)
 
 
-@pytest.mark.parametrize("bad", [{"ci": 1.5}, {"top_k": 0}, {"zhang_excess": 0},
+@pytest.mark.parametrize("bad", [{"ci": 1.5}, {"n_boot": 0}, {"zhang_excess": 0},
                                  {"plateau_tol": -0.1}, {"statuses": ("done",)},
                                  {"throughput_statuses": ()}])
 def test_settings_out_of_range_are_refused(bad):
@@ -210,3 +214,59 @@ def test_analyze_says_why_instead_of_raising():
     assert blind.results["throughput"].reason is None  # needs no direction
     no_target = analyze(TRIALS, HISTORY, StudyInfo({}, "maximize", None))
     assert "the study has no target" in no_target.results["steps"].reason
+
+
+def test_critical_table_has_the_trial_bootstrap_the_covariance_row_and_ratios():
+    a = analyze(TRIALS, HISTORY, STUDY)
+    table = a.value("critical")["table"].set_index("method")
+    assert list(table.index) == ["mccandlish_fit", "mccandlish_fit_cov", "zhang_20pct",
+                                 "gns_simple"]
+    assert table.loc["mccandlish_fit", "b_crit"] == pytest.approx(128)
+    # one trial per batch size: every resample is the table itself, the interval collapses
+    assert table.loc["mccandlish_fit", ["lower", "upper"]].tolist() == pytest.approx([128, 128])
+    assert "1000 trial-level bootstrap resamples" in table.loc["mccandlish_fit", "how"]
+    assert "covariance" in table.loc["mccandlish_fit_cov", "how"]
+    assert table.loc["mccandlish_fit_cov", "s_min"] == pytest.approx(100)
+    assert math.isnan(table.loc["zhang_20pct", "s_min"])
+    # B_simple: the median final_gns_simple of the best trials, 150, over B_crit 128
+    assert table.loc["gns_simple", "b_crit"] == 150
+    assert table.loc["gns_simple", "ratio_to_b_crit"] == pytest.approx(150 / 128)
+    assert table.loc["zhang_20pct", "ratio_to_b_crit"] == pytest.approx(64 / 128)
+    assert math.isnan(table.loc["mccandlish_fit", "ratio_to_b_crit"])
+    text = words(a)
+    assert "B_simple / B_crit = 1.17 (B_simple 150, B_crit 128)" in text
+    assert "resampled with replacement 1000 times (seed 0)" in text
+
+
+def test_zhang_flag_when_the_smallest_batch_size_dominates_and_not_otherwise():
+    # B0 = 32, Zhang's estimate 64: 1.2 B0 = 38.4 is 60% of it (on a McCandlish curve
+    # 1.2 * 32 + 0.2 * 128 = 64 exactly)
+    flagged = analyze(TRIALS, HISTORY, STUDY)
+    cbs = flagged.value("critical")["cbs"]
+    assert (cbs.b0, cbs.zhang_b0_share) == (32, pytest.approx(0.6))
+    note = ("this estimate moves with the smallest batch size measured (B0 = 32): on a "
+            "McCandlish curve it equals 1.2 B0 + 0.2 B_crit, and 1.2 B0 is 60% of it; with "
+            "the fitted B_crit 128 that is 38.4 + 25.6 = 64")
+    assert cbs.zhang_reason == note
+    assert f"Note: Zhang et al. 2024 rule: {note}." in words(flagged)
+    # B0 = 16 on the same curve (900 steps): the estimate 42.9, of which 1.2 B0 is 45%
+    wider = pd.concat([TRIALS.head(1).assign(trial_id="t16", batch_size=16,
+                                             steps_to_target=900.0), TRIALS],
+                      ignore_index=True)
+    plain = analyze(wider, HISTORY, STUDY).value("critical")
+    assert plain["cbs"].zhang_b0_share == pytest.approx(0.45, abs=0.01)
+    assert plain["cbs"].zhang_reason is None
+    assert pd.isna(plain["table"].set_index("method").loc["zhang_20pct", "reason"])
+    assert "Note: Zhang" not in words(analyze(wider, HISTORY, STUDY))
+
+
+def test_gns_at_target_of_the_frontier_trials_is_preferred_to_final_gns_simple():
+    trials = TRIALS.assign(gns_at_target=[10.0, 20.0, NAN, 40.0, 50.0])
+    a = analyze(trials, HISTORY, STUDY)
+    row = a.value("critical")["table"].set_index("method").loc["gns_simple"]
+    assert row["b_crit"] == 30.0  # the median of 10, 20, 40, 50; final_gns_simple's is 150
+    assert row["how"] == "median gns_at_target of the fastest trial at 4 of 5 batch sizes"
+    fallback = analyze(trials.assign(gns_at_target=NAN), HISTORY, STUDY)
+    row = fallback.value("critical")["table"].set_index("method").loc["gns_simple"]
+    assert row["b_crit"] == 150.0
+    assert row["how"] == "median final_gns_simple of the best trial at 4 of 5 batch sizes"

@@ -12,8 +12,10 @@ from lbt_study.analysis.lr import LRScaling, lr_scaling
 from lbt_study.analysis.scaling import (
     REGIMES,
     CriticalBatchSize,
+    RefitBootstrap,
     classify_regimes,
     critical_batch_size,
+    critical_batch_size_bootstrap,
 )
 from lbt_study.analysis.summary import (
     Analyses,
@@ -38,12 +40,14 @@ __all__ = [
     "CriticalBatchSize",
     "LRScaling",
     "Outcome",
+    "RefitBootstrap",
     "StudyInfo",
     "add_targets_from_history",
     "analyze",
     "best_per_batch_size",
     "classify_regimes",
     "critical_batch_size",
+    "critical_batch_size_bootstrap",
     "error_counts",
     "final_and_at_target_gap",
     "gap_by_norm",

@@ -3,8 +3,8 @@ al. 2024 both find it grows as the target gets harder).
 
 For each threshold the history is measured afresh with ``time_to_target`` (the crossing
 interpolated between evaluations), the steps-to-target frontier is taken over the trials
-(the fewest steps per batch size) and the critical batch size fitted to it, exactly as the
-report does for the study's own target.
+(the fewest steps per batch size) and the critical batch size fitted to it with its
+trial-level bootstrap interval, exactly as the report does for the study's own target.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 
 from lbt_study.analysis._checks import check_direction, require
 from lbt_study.analysis.frontier import steps_to_target_frontier
-from lbt_study.analysis.scaling import critical_batch_size
+from lbt_study.analysis.scaling import critical_batch_size_bootstrap
 from lbt_study.targets import time_to_target
 
 COLUMNS = ("target", "n_batch_sizes", "n_reached", "b_crit", "lower", "upper", "s_min",
@@ -37,19 +37,22 @@ def trials_at(trials: pd.DataFrame, history: pd.DataFrame, target: float,
 
 def critical_by_target(trials: pd.DataFrame, history: pd.DataFrame, targets: Sequence[float],
                        direction: str, statuses: Sequence[str] | None = ("ok",),
-                       ci: float = 0.95, excess: float = 0.2) -> pd.DataFrame:
+                       ci: float = 0.95, excess: float = 0.2, n_boot: int = 1000,
+                       seed: int = 0) -> pd.DataFrame:
     """One row per target (in the order given): batch sizes on the frontier, how many
-    trials reached it, the McCandlish B_crit with its interval, S_min, E_min, Zhang et
-    al.'s 20% estimate, and the reason a value is missing (the fit's, else the rule's)."""
+    trials reached it, the McCandlish B_crit with its trial-level bootstrap interval
+    (``critical_batch_size_bootstrap``), S_min, E_min, Zhang et al.'s 20% estimate, and the
+    reason a value is missing or needs a word (the fit's, else the rule's)."""
     check_direction(direction)
     require(trials, ["trial_id", "batch_size", "final_objective"], "critical_by_target")
     rows = []
     for target in targets:
         at = trials_at(trials, history, target, direction)
         frontier = steps_to_target_frontier(at, direction, statuses=statuses, ci=ci)
-        points = frontier[frontier["steps"].notna()]
-        cbs = critical_batch_size(points, ci=ci, excess=excess)
-        rows.append({"target": float(target), "n_batch_sizes": len(points),
+        cbs = critical_batch_size_bootstrap(at, direction, n_boot=n_boot, seed=seed, ci=ci,
+                                            excess=excess, statuses=statuses)
+        rows.append({"target": float(target),
+                     "n_batch_sizes": int(frontier["steps"].notna().sum()),
                      "n_reached": int(frontier["n_reached"].sum()), "b_crit": cbs.b_crit_fit,
                      "lower": cbs.b_crit_fit_lower, "upper": cbs.b_crit_fit_upper,
                      "s_min": cbs.s_min, "e_min": cbs.e_min, "b_crit_zhang": cbs.b_crit_zhang,

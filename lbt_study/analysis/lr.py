@@ -1,9 +1,35 @@
-"""How the best learning rate (and warmup) moves with batch size: a power law fitted in logs.
+"""How the tuned learning rate (and warmup) moves with batch size: lr ~ B^k.
 
-Goyal et al. (2017) scale the learning rate linearly with the batch size (exponent 1) and
-keep a fixed warmup in epochs; Hoffer et al. (2017) argue for the square-root rule (exponent
-0.5). ``lr_scaling`` fits log(lr) = a + k log(B) to the best trial of every batch size and
-says which rule the interval on k contains.
+Goyal et al. (2017) scale the learning rate linearly with the batch size (k = 1) and keep a
+fixed warmup in epochs; Hoffer et al. (2017) argue for the square-root rule (k = 0.5). The
+learning rate that goes with a batch size is where the objective peaks against log(lr), not
+the lr of the luckiest of a few noisy trials: simulated with 5 trials per batch size
+(16 ... 1024, lr log-uniform over 1e-3 ... 1) and 1.1 points of accuracy noise, the best
+trials' lrs give k with a standard deviation of 0.22, the fit below with 0.03 to 0.05.
+
+``lr_scaling`` fits the objective against x = log(lr), over the trials within ``window``
+decades (default 2) of the best trial's lr at their batch size:
+
+- **Per batch size** (the points): a quadratic in x by least squares; its vertex is the tuned
+  lr at that B, with Fieller's interval (every vertex the fit does not reject at level
+  ``ci``). A quadratic with no peak (curved the wrong way for the direction) or a vertex
+  outside the lrs tried at that B is flagged ``edge`` and falls back to the best trial's lr,
+  a bound on the optimum rather than an estimate; fewer than 3 distinct lrs give NaN.
+- **The exponent**: one joint model of all trials, objective = c_B - a (x - m - k log B)^2
+  (a curvature a shared by all batch sizes, an offset c_B per batch size, the optimum moving
+  as m + k log B). Expanded, it is linear in c_B, -a, 2a m and 2a k, so it is solved by least
+  squares after removing each batch size's mean (Frisch-Waugh-Lovell), and
+  k = -(coefficient of x log B) / (2 x coefficient of x^2). Its ``r_squared`` is the share of
+  the objective's variance within batch sizes that the model explains.
+- **Its interval**: a trial-level bootstrap. The trials of each batch size are resampled
+  with replacement, the window re-chosen and the joint model refitted, as weighted least
+  squares with the draw counts as weights, all resamples at once; percentile interval at
+  level ``ci``. Resamples without a peak are left out (and counted in the reason).
+
+Where the joint model cannot be fitted (too few trials, no variation of lr within batch
+sizes, no peak), k falls back to the old estimate, a least-squares power law through the
+best trial of each batch size (t interval, ``r_squared`` of log lr), and ``method`` and
+``reason`` say so. Warmup always takes that power law, on the best trial's warmup.
 """
 
 from __future__ import annotations
@@ -16,23 +42,41 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lbt_study.analysis._checks import check_fraction, floats, require
-from lbt_study.analysis.best import best_per_batch_size
+from lbt_study.analysis._checks import (
+    as_list,
+    check_direction,
+    check_fraction,
+    check_positive,
+    eligible,
+    floats,
+    require,
+)
 
 RULES = {"linear_rule_in_ci": 1.0, "sqrt_rule_in_ci": 0.5, "constant_in_ci": 0.0}
+JOINT = "joint_quadratic"  # the exponent from the joint model of every trial
+BEST_FIT = "best_trial_power_fit"  # a power law through the best trial of each batch size
+MIN_BOOT_FRACTION = 0.5  # fewer resamples with a peak than this: no interval
+LN10 = math.log(10)
+WINDOW = 2.0  # decades of lr either side of the best trial that enter the fits
+SINGULAR = 1e-10  # a smaller scaled eigenvalue: the joint model counts as singular
 
 
 @dataclass(frozen=True, eq=False)
 class LRScaling:
-    """Power-law fits of hyperparameters against batch size, and the points they fit.
+    """Fits of hyperparameters against batch size, and the per-batch-size points.
 
-    fits: one row per hyperparameter (the learning rate, then warmup), columns
-    ``parameter``, ``exponent`` (k), ``exponent_lower``, ``exponent_upper`` (the interval
-    at level ``ci``), ``coefficient`` (exp(a): the value at B = 1), ``r_squared``,
-    ``n_points``, ``linear_rule_in_ci`` (k = 1, Goyal et al. 2017), ``sqrt_rule_in_ci``
-    (k = 0.5, Hoffer et al. 2017), ``constant_in_ci`` (k = 0; missing where the interval is
-    NaN) and ``reason`` (missing, or why a value is NaN or what was left out).
-    points: the best trial per batch size (``best_per_batch_size``), one row each.
+    fits: one row per group of ``by`` and hyperparameter (the learning rate, then warmup):
+    the ``by`` keys, ``parameter``, ``method`` (``joint_quadratic`` or
+    ``best_trial_power_fit``), ``exponent`` (k), ``exponent_lower``, ``exponent_upper`` (the
+    interval at level ``ci``), ``coefficient`` (the fitted value at B = 1), ``r_squared``,
+    ``n_points`` (batch sizes), ``n_trials`` (trials in the fit), ``linear_rule_in_ci``
+    (k = 1, Goyal et al. 2017), ``sqrt_rule_in_ci`` (k = 0.5, Hoffer et al. 2017),
+    ``constant_in_ci`` (k = 0; missing where the interval is NaN) and ``reason`` (missing, or
+    why a value is NaN, what was left out, which fallback was taken).
+    points: one row per group and batch size with a usable trial: the ``by`` keys, the batch
+    size, ``n_trials``, ``lr_min``/``lr_max`` (the lrs tried), the best trial's ``trial_id``,
+    lr, warmup and objective, ``lr_opt`` with ``lr_opt_lower``/``lr_opt_upper``, ``method``
+    (``vertex``, ``best_trial`` or missing), ``edge`` and ``reason``.
     """
 
     fits: pd.DataFrame
@@ -47,55 +91,324 @@ def lr_scaling(
     lr_col: str = "learning_rate",
     warmup_col: str | None = "warmup_epochs",
     batch_col: str = "batch_size",
+    by: str | Sequence[str] = (),
     ci: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    window: float | None = WINDOW,
     statuses: Sequence[str] | None = ("ok",),
 ) -> LRScaling:
-    """The exponent k of lr ~ B^k over the best trial of each batch size, with its interval.
+    """The exponent k of lr_opt ~ B^k from a quadratic fit of ``metric`` against log(lr).
 
-    The best trial per batch size is picked by ``metric`` in ``direction`` among trials with
-    status in ``statuses`` (``best_per_batch_size``). Then log(value) = a + k log(B) is fitted
-    by ordinary least squares (``scipy.stats.linregress``) over the points with value and B
-    finite and > 0; the interval is k +- t(ci, n - 2) x stderr(k). Needs 2 points for k and
-    3 for the interval. The same fit is made for ``warmup_col`` (e.g. warmup_epochs) when
-    the column exists (a row of NaN with a reason when it does not); best trials without
-    warmup (0) are left out of it and counted in its reason. Returns an ``LRScaling`` (fits
-    and points).
+    Trials count with status in ``statuses``, ``metric`` not NaN and lr and B > 0 (the
+    others are counted in the reason); ``metric`` is maximised or minimised as
+    ``direction`` says. ``window``: only the trials whose lr lies within that many decades
+    of the best trial's lr at their batch size enter the fits (default 2, a factor of 100
+    either way: far off, a real objective has flattened or collapsed and no parabola
+    describes it); None fits all. The per-B vertices, the joint model for k and its
+    trial-level bootstrap (``n_boot`` resamples, the window re-chosen in each,
+    ``numpy.random.default_rng(seed)`` afresh for each group of ``by``) are described in
+    the module docstring. ``by`` (e.g. ``("norm",)``) fits each group on its own.
+    Warmup (``warmup_col``) keeps the power-law fit of the best trial's value per batch
+    size (``best_trial_power_fit``, t interval), trials without warmup left out.
     """
+    check_direction(direction)
     check_fraction(ci, "ci")
-    require(trials, [lr_col], "lr_scaling")
-    best = best_per_batch_size(trials, direction, by=(batch_col,), metric=metric,
-                               statuses=statuses)
-    points = best[best["n_candidates"] > 0].reset_index(drop=True)
-    fits = [_power_fit(points, batch_col, lr_col, ci)]
-    if warmup_col is not None and warmup_col in trials.columns:
-        fits.append(_power_fit(points, batch_col, warmup_col, ci))
-    elif warmup_col is not None:
-        fits.append(_no_fit(warmup_col, 0, f"the trials table has no {warmup_col!r} column"))
-    frame = pd.DataFrame(fits)
+    check_positive(n_boot, "n_boot")
+    if window is not None:
+        check_positive(window, "window")
+    by = as_list(by)
+    require(trials, [*by, batch_col, lr_col, metric], "lr_scaling")
+    setup = _Setup(metric, lr_col, warmup_col if warmup_col in trials.columns else None,
+                   batch_col, direction, ci, n_boot, seed, window)
+    pool = _pool(trials, setup, statuses)
+    fits, points = [], []
+    for key, part in _by_groups(trials, pool, by):
+        rows, shown = _group_scaling(part, setup)
+        if warmup_col is not None and setup.warmup is None:
+            rows.append(_no_fit(warmup_col, BEST_FIT, 0, 0,
+                                f"the trials table has no {warmup_col!r} column"))
+        fits.extend({**key, **row} for row in rows)
+        points.append(shown.assign(**key)[[*by, *shown.columns]])
+    frame = pd.DataFrame(fits, columns=[*by, *_no_fit("", "", 0, 0, None)])
     for column in RULES:
         frame[column] = frame[column].astype("boolean")
-    return LRScaling(fits=frame, points=points, ci=ci)
+    shown = pd.concat(points, ignore_index=True) if points else pd.DataFrame()
+    return LRScaling(fits=frame, points=shown, ci=ci)
 
 
-def _no_fit(parameter: str, n_points: int, reason: str | None) -> dict:
+@dataclass(frozen=True)
+class _Setup:
+    """The columns and settings of one ``lr_scaling`` call."""
+
+    metric: str
+    lr: str
+    warmup: str | None  # None: no warmup fit (not asked, or no such column)
+    batch: str
+    direction: str
+    ci: float
+    n_boot: int
+    seed: int
+    window: float | None
+
+
+def _pool(trials: pd.DataFrame, s: _Setup, statuses: Sequence[str] | None) -> pd.DataFrame:
+    """The trials with a ``metric`` value and status in ``statuses``: _usable (lr and B > 0),
+    _x = log(lr), _u = log(B), _y = the objective to maximise (negated for "minimize")."""
+    pool = eligible(trials, statuses, "lr_scaling")
+    y, lr, batch = floats(pool[s.metric]), floats(pool[s.lr]), floats(pool[s.batch])
+    scored = np.isfinite(y)
+    usable = (lr > 0) & (batch > 0)
+    sign = 1.0 if s.direction == "maximize" else -1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pool[scored].assign(_usable=usable[scored], _x=np.log(lr[scored]),
+                                   _u=np.log(batch[scored]), _y=sign * y[scored])
+
+
+def _by_groups(trials: pd.DataFrame, pool: pd.DataFrame,
+               by: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """(key, the pool's trials of that group) for every group of ``by`` in ``trials``."""
+    if not by:
+        return [({}, pool)]
+    keys = trials[by].drop_duplicates().sort_values(by, kind="stable")
+    groups = []
+    for key in keys.itertuples(index=False):
+        mask = np.ones(len(pool), dtype=bool)
+        for column, value in zip(by, key, strict=True):
+            mask &= (pool[column].isna() if pd.isna(value) else pool[column].eq(value)).to_numpy()
+        groups.append((dict(zip(by, key, strict=True)), pool[mask]))
+    return groups
+
+
+def _group_scaling(pool: pd.DataFrame, s: _Setup) -> tuple[list[dict], pd.DataFrame]:
+    """The fits (lr, then warmup) and the points of one group's trials."""
+    unusable = int((~pool["_usable"]).sum())
+    pool = pool[pool["_usable"]]
+    codes = pd.factorize(pool[s.batch], sort=True)[0]
+    x, y = pool["_x"].to_numpy(), pool["_y"].to_numpy()
+    kept = _windowed(codes, x, y, np.ones((1, len(pool))), s.window)[0] > 0
+    points = _points(pool[kept], s)
+    edges = points.loc[points["edge"].eq(True), s.batch].tolist()
+    notes = [unusable and f"{unusable} trials with a {s.metric} left out ({s.lr} or "
+             f"{s.batch} missing or not > 0)",
+             (~kept).sum() and f"{(~kept).sum()} trials more than {s.window:g} decades of lr "
+             "from the best trial of their batch size left out",
+             edges and (f"optimum at the edge of the lrs tried at {s.batch} "
+                        f"{', '.join(f'{b:g}' for b in edges)}")]
+    row = _joint_fit(pool, codes, s)
+    fallback = _power_fit(points, s.batch, s.lr, s.ci)
+    if math.isnan(row["exponent"]) and not math.isnan(fallback["exponent"]):
+        why = f"{row['reason']}: k from the best trial of each batch size instead"
+        row = {**fallback, "reason": _join(why, fallback["reason"])}
+    row["reason"] = _join(notes[0], notes[1], row["reason"], notes[2])
+    rows = [row]
+    if s.warmup is not None:
+        rows.append(_power_fit(points, s.batch, s.warmup, s.ci))
+    return rows, points
+
+
+def _windowed(codes: np.ndarray, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
+              window: float | None) -> np.ndarray:
+    """``weights`` (resamples x trials) with 0 for every trial farther than ``window``
+    decades of lr from the best trial drawn at its batch size (unchanged for None)."""
+    if window is None:
+        return weights
+    out = weights.copy()
+    for code in np.unique(codes):
+        members = np.flatnonzero(codes == code)
+        drawn = np.where(weights[:, members] > 0, y[members], -np.inf)
+        best_x = x[members][np.argmax(drawn, axis=1)]
+        out[:, members] *= np.abs(x[members][None, :] - best_x[:, None]) <= window * LN10
+    return out
+
+
+def _points(pool: pd.DataFrame, s: _Setup) -> pd.DataFrame:
+    """One row per batch size: the best trial, the lrs tried and the vertex of the fit."""
+    extra = [c for c in ("trial_id", s.lr, s.warmup, s.metric)
+             if c is not None and c in pool.columns]
+    rows = []
+    for batch, part in pool.groupby(s.batch, sort=True):
+        best = part.loc[part["_y"].idxmax()]
+        x, y = part["_x"].to_numpy(), part["_y"].to_numpy()
+        rows.append({s.batch: batch, "n_trials": len(part), "lr_min": math.exp(x.min()),
+                     "lr_max": math.exp(x.max()), **{c: best[c] for c in extra},
+                     **_vertex(x, y, float(best["_x"]), s.ci, s.direction)})
+    columns = [s.batch, "n_trials", "lr_min", "lr_max", *extra, "lr_opt", "lr_opt_lower",
+               "lr_opt_upper", "method", "edge", "reason"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["edge"] = frame["edge"].astype("boolean")
+    return frame
+
+
+def _vertex(x: np.ndarray, y: np.ndarray, best_x: float, ci: float, direction: str) -> dict:
+    """The vertex of a quadratic in x = log(lr) fitted to y (to maximise), as lr values."""
+    out = {"lr_opt": math.nan, "lr_opt_lower": math.nan, "lr_opt_upper": math.nan,
+           "method": None, "edge": pd.NA, "reason": None}
+    distinct = len(np.unique(x))
+    if distinct < 3:
+        rates = "learning rate" if distinct == 1 else "learning rates"
+        return {**out, "reason": f"{distinct} distinct {rates}; a vertex needs 3"}
+    mid = float(x.mean())
+    design = np.vander(x - mid, 3, increasing=True)
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    fallback = {**out, "lr_opt": math.exp(best_x), "method": "best_trial", "edge": True}
+    if not coef[2] < 0:
+        shape = "concave-down" if direction == "maximize" else "convex"
+        return {**fallback, "reason": f"the quadratic is not {shape} (no optimum inside): "
+                "the best trial's lr is shown"}
+    vertex = mid - coef[1] / (2 * coef[2])
+    if not x.min() <= vertex <= x.max():
+        side = "above the largest" if vertex > x.max() else "below the smallest"
+        return {**fallback, "reason": f"the vertex ({_lr(vertex):.3g}) lies {side} lr "
+                "tried: the best trial's lr is shown (a bound on the optimum)"}
+    lower, upper, why = _fieller(design, y, coef, ci)
+    return {**out, "lr_opt": _lr(vertex), "lr_opt_lower": _lr(mid + lower),
+            "lr_opt_upper": _lr(mid + upper), "method": "vertex", "edge": False, "reason": why}
+
+
+def _lr(log_lr: float) -> float:
+    """exp(log_lr), inf past the float range (a barely bounded interval can reach it)."""
+    with np.errstate(over="ignore"):
+        return float(np.exp(log_lr))
+
+
+def _fieller(design: np.ndarray, y: np.ndarray, coef: np.ndarray,
+             ci: float) -> tuple[float, float, str | None]:
+    """Fieller's interval for the vertex -c1 / (2 c2) of y = c0 + c1 x + c2 x^2.
+
+    The vertices v with (c1 + 2 c2 v)^2 <= t^2 Var(c1 + 2 c2 v): bounded only when c2 is
+    clearly nonzero at level ``ci``; otherwise NaN and why.
+    """
+    df = len(y) - 3
+    if df < 1:
+        return math.nan, math.nan, "3 trials: the quadratic is exact, no interval (needs 4)"
+    resid = y - design @ coef
+    cov = float(resid @ resid) / df * np.linalg.inv(design.T @ design)
+    t2 = stats.t.ppf((1 + ci) / 2, df) ** 2
+    _, c1, c2 = coef
+    a = 4 * (c2 * c2 - t2 * cov[2, 2])
+    b = 4 * (c1 * c2 - t2 * cov[1, 2])
+    c = c1 * c1 - t2 * cov[1, 1]
+    if not a > 0:
+        return math.nan, math.nan, "the curvature is not clearly nonzero: no bounded interval"
+    root = math.sqrt(max(b * b - 4 * a * c, 0.0))
+    return (-b - root) / (2 * a), (-b + root) / (2 * a), None
+
+
+def _joint_fit(pool: pd.DataFrame, codes: np.ndarray, s: _Setup) -> dict:
+    """k of the joint quadratic over the trials, with its trial-level bootstrap interval."""
+    x0, u0 = float(pool["_x"].mean()), float(pool["_u"].mean())
+    x, u, y = pool["_x"].to_numpy() - x0, pool["_u"].to_numpy() - u0, pool["_y"].to_numpy()
+    ones = _windowed(codes, x, y, np.ones((1, len(pool))), s.window)
+    n, n_points = int(ones.sum()), len(np.unique(codes))
+    row = _no_fit(s.lr, JOINT, n_points, n, None)
+    if n_points < 2:
+        return {**row, "reason": f"{n_points} batch sizes to fit; k needs 2"}
+    if n < n_points + 4:
+        return {**row, "reason": f"{n} trials at {n_points} batch sizes: the joint quadratic "
+                f"needs {n_points + 4} (3 shared coefficients, 1 offset per batch size, 1 spare)"}
+    coef, r_squared = _joint_coefficients(codes, x, u, y, ones)
+    k, m = _exponent(coef)
+    if math.isnan(k[0]):
+        shape = "concave-down" if s.direction == "maximize" else "convex"
+        why = ("singular (lr does not vary enough within batch sizes)" if np.isnan(coef).all()
+               else f"not {shape} (no optimum)")
+        return {**row, "reason": f"the joint quadratic is {why}"}
+    row.update(exponent=k[0], coefficient=_lr(x0 + m[0] - k[0] * u0),
+               r_squared=r_squared[0])
+    weights = _resample_counts(codes, s.n_boot, np.random.default_rng(s.seed))
+    boot = _exponent(_joint_coefficients(codes, x, u, y,
+                                         _windowed(codes, x, y, weights, s.window))[0])[0]
+    boot = boot[np.isfinite(boot)]
+    failed = s.n_boot - len(boot)
+    if len(boot) < MIN_BOOT_FRACTION * s.n_boot:
+        return {**row, "reason": f"{failed} of {s.n_boot} bootstrap resamples had no optimum: "
+                "no interval"}
+    lower, upper = np.percentile(boot, [50 * (1 - s.ci), 50 * (1 + s.ci)])
+    row.update(exponent_lower=lower, exponent_upper=upper,
+               reason=f"{failed} of {s.n_boot} bootstrap resamples had no optimum and were "
+               "left out" if failed else None)
+    row.update({name: bool(lower <= rule <= upper) for name, rule in RULES.items()})
+    return row
+
+
+def _joint_coefficients(codes: np.ndarray, x: np.ndarray, u: np.ndarray, y: np.ndarray,
+                        weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a2, a1, a3) of y = c_B + a2 x^2 + a1 x + a3 u x, one fit per row of ``weights``.
+
+    Weighted least squares with the offsets c_B projected out: every column loses its
+    weighted mean within each batch size (``codes``), leaving 3 normal equations per fit.
+    Returns the coefficients (NaN where singular) and the within-batch-size R^2.
+    """
+    z = np.column_stack([x * x, x, u * x, y])
+    onehot = np.eye(codes.max() + 1)[codes]
+    wz = weights[:, :, None] * z[None]
+    sums = np.einsum("mnc,ng->mgc", wz, onehot)
+    counts = weights @ onehot
+    inverse = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
+    moments = (np.einsum("mnc,nd->mcd", wz, z)
+               - np.einsum("mgc,mgd,mg->mcd", sums, sums, inverse))
+    normal, rhs = moments[:, :3, :3], moments[:, :3, 3]
+    coef = np.full((len(weights), 3), math.nan)
+    solvable = _well_posed(normal, np.einsum("mnc,nd->mcd", wz, z)[:, :3, :3])
+    if solvable.any():
+        coef[solvable] = np.linalg.solve(normal[solvable], rhs[solvable][..., None])[..., 0]
+    total = moments[:, 3, 3]
+    explained = np.einsum("mc,mc->m", coef, rhs)
+    r_squared = np.divide(explained, total, out=np.full_like(total, math.nan), where=total > 0)
+    return coef, r_squared
+
+
+def _well_posed(normal: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Whether each within-batch-size normal matrix can be solved: scaled by the columns'
+    total sums of squares, its smallest eigenvalue must exceed ``SINGULAR``. Catches
+    collinear columns and lr that (nearly) never varies within a batch size."""
+    scale = np.sqrt(np.einsum("mcc->mc", total))
+    scale = np.where(scale > 0, scale, np.inf)
+    scaled = normal / (scale[:, :, None] * scale[:, None, :])
+    return np.linalg.eigvalsh(scaled)[:, 0] > SINGULAR
+
+
+def _exponent(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """k = -a3 / (2 a2) and m = -a1 / (2 a2) where a2 < 0 (a peak), NaN elsewhere."""
+    a2, a1, a3 = coef.T
+    peak = a2 < 0
+    safe = np.where(peak, a2, -1.0)
+    return np.where(peak, -a3 / (2 * safe), math.nan), np.where(peak, -a1 / (2 * safe), math.nan)
+
+
+def _resample_counts(codes: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n): how often each trial is drawn when every batch size's trials are
+    resampled with replacement (a multinomial draw per batch size)."""
+    counts = np.zeros((n_boot, len(codes)))
+    for code in np.unique(codes):
+        members = np.flatnonzero(codes == code)
+        size = len(members)
+        counts[:, members] = rng.multinomial(size, np.full(size, 1.0 / size), size=n_boot)
+    return counts
+
+
+def _no_fit(parameter: str, method: str, n_points: int, n_trials: int,
+            reason: str | None) -> dict:
     """A row of ``LRScaling.fits`` with every value NaN and the reason."""
-    return {"parameter": parameter, "exponent": math.nan, "exponent_lower": math.nan,
-            "exponent_upper": math.nan, "coefficient": math.nan, "r_squared": math.nan,
-            "n_points": n_points, **dict.fromkeys(RULES, pd.NA), "reason": reason}
+    return {"parameter": parameter, "method": method, "exponent": math.nan,
+            "exponent_lower": math.nan, "exponent_upper": math.nan, "coefficient": math.nan,
+            "r_squared": math.nan, "n_points": n_points, "n_trials": n_trials,
+            **dict.fromkeys(RULES, pd.NA), "reason": reason}
 
 
 def _power_fit(points: pd.DataFrame, x_col: str, y_col: str, ci: float) -> dict:
-    """OLS fit of log(y) = a + k log(x), as one row of ``LRScaling.fits``."""
+    """OLS fit of log(y) = a + k log(x) over the best trials, as one row of the fits."""
     x, y = floats(points[x_col]), floats(points[y_col])
     keep = (x > 0) & (y > 0)
     left_out = int((~keep).sum())
     note = (f"{left_out} of {len(points)} best trials left out ({y_col} or {x_col} missing "
             "or not > 0)" if left_out else None)
     lx, ly = np.log(x[keep].to_numpy()), np.log(y[keep].to_numpy())
+    row = _no_fit(y_col, BEST_FIT, len(lx), len(lx), note)
     if len(lx) < 2:
-        return _no_fit(y_col, len(lx), _join(note, f"{len(lx)} batch sizes to fit; k needs 2"))
+        return {**row, "reason": _join(note, f"{len(lx)} batch sizes to fit; k needs 2")}
     fit = stats.linregress(lx, ly)
-    row = _no_fit(y_col, len(lx), note)
     row.update(exponent=fit.slope, coefficient=math.exp(fit.intercept),
                r_squared=fit.rvalue**2)
     if len(lx) < 3:
@@ -107,5 +420,6 @@ def _power_fit(points: pd.DataFrame, x_col: str, y_col: str, ci: float) -> dict:
     return row
 
 
-def _join(*parts: str | None) -> str:
-    return "; ".join(p for p in parts if p)
+def _join(*parts: object) -> str | None:
+    """The parts that say something (not None, 0 or empty), joined by "; "."""
+    return "; ".join(str(p) for p in parts if p) or None

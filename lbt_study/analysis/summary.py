@@ -21,9 +21,15 @@ import pandas as pd
 
 from lbt_study.analysis._checks import check_fraction, check_positive
 from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
+from lbt_study.analysis.by_target import critical_by_target
 from lbt_study.analysis.frontier import steps_to_target_frontier
 from lbt_study.analysis.lr import lr_scaling
-from lbt_study.analysis.scaling import classify_regimes, critical_batch_size
+from lbt_study.analysis.scaling import (
+    CriticalBatchSize,
+    classify_regimes,
+    critical_batch_size,
+    critical_batch_size_bootstrap,
+)
 from lbt_study.analysis.targets import time_to_target
 from lbt_study.analysis.throughput import throughput_frontier
 from lbt_study.schema import STATUSES
@@ -42,17 +48,17 @@ def _default(fn: Callable[..., Any], name: str) -> Any:
 class AnalysisSettings:
     """The parameters the analyses run with (defaults: those of the analysis functions).
 
-    top_k, n_boot, seed, ci: the steps-to-target frontier's bootstrap (``ci`` is also the
-    level of every fitted interval). zhang_excess: Zhang et al. (2024)'s critical batch size
-    is where steps exceed perfect scaling by this fraction. perfect_tol, plateau_tol: the
-    regime thresholds of ``classify_regimes``. statuses: the statuses that compete for best
-    trial, frontier, fits, gaps and the Pareto front; throughput_statuses: those whose speed
-    counts. gns_points_per_trial: the noise-scale curves are thinned to about this many rows.
+    n_boot, seed: the trial-level bootstraps of the critical batch size and the lr
+    exponent; ci: their level, the frontier's and every fitted interval's. zhang_excess:
+    Zhang et al. (2024)'s critical batch size is where steps exceed perfect scaling by this
+    fraction. perfect_tol, plateau_tol: the regime thresholds of ``classify_regimes``.
+    statuses: the statuses that compete for best trial, frontier, fits, gaps and the Pareto
+    front; throughput_statuses: those whose speed counts. gns_points_per_trial: the
+    noise-scale curves are thinned to about this many rows.
     """
 
-    top_k: int = _default(steps_to_target_frontier, "top_k")
-    n_boot: int = _default(steps_to_target_frontier, "n_boot")
-    seed: int = _default(steps_to_target_frontier, "seed")
+    n_boot: int = _default(critical_batch_size_bootstrap, "n_boot")
+    seed: int = _default(critical_batch_size_bootstrap, "seed")
     ci: float = _default(steps_to_target_frontier, "ci")
     zhang_excess: float = _default(critical_batch_size, "excess")
     perfect_tol: float = _default(classify_regimes, "perfect_tol")
@@ -63,7 +69,7 @@ class AnalysisSettings:
 
     def __post_init__(self) -> None:
         check_fraction(self.ci, "ci")
-        for name in ("top_k", "n_boot", "zhang_excess", "gns_points_per_trial"):
+        for name in ("n_boot", "zhang_excess", "gns_points_per_trial"):
             check_positive(getattr(self, name), name)
         for name in ("perfect_tol", "plateau_tol"):
             if not getattr(self, name) >= 0:
@@ -84,6 +90,7 @@ class StudyInfo:
     target: float | None
     problems: tuple[str, ...] = ()
     results_written: str | None = None  # when the trials table was last written
+    targets: tuple[float, ...] = ()  # every threshold measured (the target among them)
 
 
 @dataclass(frozen=True)
@@ -169,16 +176,17 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
     frontier_cols = ("batch_size", "trial_id", "reached_target", "final_objective")
     for key, metric in (("steps", "steps_to_target"), ("examples", "examples_to_target")):
         results[key] = _run(trials, study, (*frontier_cols, metric), f"the {metric} frontier",
-                            steps_to_target_frontier, trials, d, metric=metric, top_k=s.top_k,
-                            n_boot=s.n_boot, seed=s.seed, ci=s.ci, statuses=ok,
-                            needs_target=True)
+                            steps_to_target_frontier, trials, d, metric=metric, ci=s.ci,
+                            statuses=ok, needs_target=True)
     results["regimes"] = _then(results["steps"], "regimes", classify_regimes,
                                perfect_tol=s.perfect_tol, plateau_tol=s.plateau_tol)
     results["gns"] = gns_of_best(results["best"])
-    results["critical"] = critical_estimates(results["steps"], results["gns"], s)
+    results["critical"] = critical_estimates(results["steps"], results["gns"], s, trials, d)
+    results["critical_by_target"] = critical_vs_target(trials, history, study, s)
     results["gns_curves"] = gns_curves(results["best"], history, trials, d, s)
     results["lr"] = _run(trials, study, ("batch_size", "learning_rate", "final_objective"),
-                         "lr scaling", lr_scaling, trials, d, ci=s.ci, statuses=ok)
+                         "lr scaling", lr_scaling, trials, d, ci=s.ci, n_boot=s.n_boot,
+                         seed=s.seed, statuses=ok)
     results["gap"] = gaps(trials, study, ok)
     results["throughput"] = throughput(trials, s.throughput_statuses)
     objectives = [(column, direction or d) for column, direction in PARETO]
@@ -200,8 +208,15 @@ def gns_of_best(best: Outcome) -> Outcome:
     return Outcome(rows.reset_index(drop=True))
 
 
-def median_gns(gns: Outcome) -> tuple[float | None, str]:
-    """The median final_gns_simple over the best trials, and the words for it."""
+def median_gns(gns: Outcome, steps: Outcome | None = None,
+               trials: pd.DataFrame | None = None) -> tuple[float | None, str]:
+    """The noise scale set beside B_crit, and the words for it: the median gns_at_target of
+    the steps frontier's trials (the fastest per batch size; ``steps``) when ``trials`` has
+    that column with a value for one of them; else the median final_gns_simple of the best
+    trial by final objective per batch size (``gns``, from ``gns_of_best``)."""
+    at_target = _median_gns_at_target(steps, trials)
+    if at_target is not None:
+        return at_target
     if gns.reason:
         return None, gns.reason
     values = pd.to_numeric(gns.value["final_gns_simple"]).dropna()
@@ -212,32 +227,94 @@ def median_gns(gns: Outcome) -> tuple[float | None, str]:
                                     f"{len(values)} of {len(gns.value)} batch sizes")
 
 
-def critical_estimates(steps: Outcome, gns: Outcome, settings: AnalysisSettings) -> Outcome:
-    """``critical_batch_size`` of the steps frontier (and the measured noise scale).
+def _median_gns_at_target(steps: Outcome | None,
+                          trials: pd.DataFrame | None) -> tuple[float, str] | None:
+    """The median gns_at_target of the frontier's trials and its words (None: no value)."""
+    if steps is None or steps.reason or trials is None or "gns_at_target" not in trials:
+        return None
+    ids = steps.value["trial_id"].dropna()
+    chosen = trials[trials["trial_id"].isin(ids)]
+    values = pd.to_numeric(chosen["gns_at_target"]).dropna()
+    if values.empty:
+        return None
+    return float(values.median()), (f"median gns_at_target of the fastest trial at "
+                                    f"{len(values)} of {len(ids)} batch sizes")
 
-    Value: {"cbs": CriticalBatchSize, "table": one row per method with its interval,
-    S_min, E_min, how it was found, and why it is missing}.
+
+def critical_estimates(steps: Outcome, gns: Outcome, settings: AnalysisSettings,
+                       trials: pd.DataFrame | None = None,
+                       direction: str | None = None) -> Outcome:
+    """The critical batch size of the steps frontier (and the measured noise scale).
+
+    With ``trials`` and ``direction``: ``critical_batch_size_bootstrap`` (B_crit's interval
+    from refits to trial-level bootstrap resamples; the covariance interval a row of its
+    own); without them, ``critical_batch_size`` of the frontier alone. Value: {"cbs":
+    CriticalBatchSize, "table": one row per method with its interval, ratio_to_b_crit,
+    S_min, E_min, how it was found, and why it is missing (or a note on it)}.
     """
-    median, gns_words = median_gns(gns)
-    frontier = steps.value if not steps.reason else pd.DataFrame(
-        {"batch_size": pd.Series(dtype=float), "steps": pd.Series(dtype=float)})
-    result = attempt("the critical batch size", critical_batch_size, frontier, gns=median,
-                     ci=settings.ci, excess=settings.zhang_excess)
+    median, gns_words = median_gns(gns, steps, trials)
+    s = settings
+    if steps.reason or trials is None or direction is None:
+        frontier = steps.value if not steps.reason else pd.DataFrame(
+            {"batch_size": pd.Series(dtype=float), "steps": pd.Series(dtype=float)})
+        result = attempt("the critical batch size", critical_batch_size, frontier, gns=median,
+                         ci=s.ci, excess=s.zhang_excess)
+    else:
+        result = attempt("the critical batch size", critical_batch_size_bootstrap, trials,
+                         direction, n_boot=s.n_boot, seed=s.seed, ci=s.ci,
+                         excess=s.zhang_excess, gns=median, statuses=s.statuses)
     if result.reason:
         return result
-    table = result.value.estimates()
+    cbs = result.value
+    table = cbs.estimates()
     table["reason"] = table["reason"].astype(object)
     if steps.reason:
         table.loc[table["method"] != "gns_simple", "reason"] = steps.reason
     table.loc[table["method"] == "gns_simple", "reason"] = gns_words if median is None else None
-    table["how"] = [f"S(B) = S_min (1 + B_crit/B) fitted to the steps frontier "
-                    f"({settings.ci:.0%} interval)",
-                    f"steps {settings.zhang_excess:.0%} above perfect scaling from the smallest B",
-                    gns_words if median is not None else "no measurement"]
-    table["s_min"] = [result.value.s_min, math.nan, math.nan]
-    table["e_min"] = [result.value.e_min, math.nan, math.nan]
-    table = table[["method", "b_crit", "lower", "upper", "s_min", "e_min", "how", "reason"]]
-    return Outcome({"cbs": result.value, "table": table})
+    how = critical_how(cbs, s, gns_words if median is not None else "no measurement")
+    table["how"] = table["method"].map(how)
+    fitted = table["method"].str.startswith("mccandlish")
+    table["s_min"] = fitted.map({True: cbs.s_min, False: math.nan})
+    table["e_min"] = fitted.map({True: cbs.e_min, False: math.nan})
+    table = table[["method", "b_crit", "lower", "upper", "ratio_to_b_crit", "s_min", "e_min",
+                   "how", "reason"]]
+    return Outcome({"cbs": cbs, "table": table})
+
+
+def critical_how(cbs: CriticalBatchSize, s: AnalysisSettings, gns_words: str) -> dict[str, str]:
+    """How each row of ``CriticalBatchSize.estimates`` was found, in words."""
+    fit = "S(B) = S_min (1 + B_crit/B) fitted to the steps frontier"
+    boot = cbs.bootstrap
+    interval = (f"{cbs.ci:.0%} percentile interval of the fit redone on {boot.n_boot} "
+                f"trial-level bootstrap resamples (trials resampled within each batch size, "
+                f"seed {boot.seed})" if boot is not None else
+                f"{cbs.ci:.0%} interval from the fit's covariance")
+    e = s.zhang_excess
+    b0 = f"B0 = {cbs.b0:g}; " if math.isfinite(cbs.b0) else ""
+    return {"mccandlish_fit": f"{fit}; {interval}",
+            "mccandlish_fit_cov": f"the same fit; {cbs.ci:.0%} interval from the fit's "
+                                  "covariance, which takes every frontier point as equally "
+                                  "noisy, judged from their scatter about the curve",
+            "zhang_20pct": f"steps {e:.0%} above perfect scaling from the smallest B ({b0}on "
+                           f"a McCandlish curve {1 + e:g} B0 + {e:g} B_crit)",
+            "gns_simple": gns_words}
+
+
+def critical_vs_target(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
+                       settings: AnalysisSettings) -> Outcome:
+    """``critical_by_target`` over the study's targets (two or more), from the history."""
+    reason = _guard(trials, study, ("batch_size", "trial_id", "final_objective"), True)
+    if reason is None and len(study.targets) < 2:
+        reason = ("the study measures one target; Study(targets=[...]) adds more, and the "
+                  "critical batch size is then given as a function of the target")
+    if reason is None:
+        reason = missing_columns(history, ("trial_id", "step", "examples_seen", "objective"),
+                                 "history")
+    if reason:
+        return Outcome(reason=reason)
+    return attempt("the critical batch size by target", critical_by_target, trials, history,
+                   study.targets, study.direction, statuses=settings.statuses, ci=settings.ci,
+                   excess=settings.zhang_excess, n_boot=settings.n_boot, seed=settings.seed)
 
 
 def gns_curves(best: Outcome, history: pd.DataFrame, trials: pd.DataFrame,
@@ -358,4 +435,4 @@ def add_targets_from_history(trials: pd.DataFrame, history: pd.DataFrame, study:
     out["reached_target"] = out["reached_target"].fillna(False).astype(bool)
     return out, ("the trials table has no steps_to_target column (an older lbt-study wrote "
                  "it): steps, examples and seconds to target were measured from the history "
-                 "with time_to_target, at the first evaluation reaching the target",)
+                 "with time_to_target, interpolated at the crossing of the target",)

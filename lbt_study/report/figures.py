@@ -191,38 +191,78 @@ def gns_figure(curves: pd.DataFrame) -> bytes:
     return to_png(fig)
 
 
+def _fit_lines(ax: Axes, grid: np.ndarray, fit: pd.Series, rules: dict[str, float],
+               start: tuple[float, float], ci: float) -> None:
+    """The fitted power law (k and its interval in the label) and the reference rules
+    through ``start`` (a batch size and its value)."""
+    if math.isfinite(fit["exponent"]):
+        interval = ""
+        if math.isfinite(fit["exponent_lower"]):
+            interval = f" [{fit['exponent_lower']:.2f}, {fit['exponent_upper']:.2f}] ({ci:.0%})"
+        how = "joint fit" if fit.get("method") == "joint_quadratic" else "fit"
+        ax.plot(grid, fit["coefficient"] * grid ** fit["exponent"], color="#3b5b92", lw=1.5,
+                label=f"{how}: k = {fit['exponent']:.2f}{interval}")
+    b0, v0 = start
+    for (name, k), style in zip(rules.items(), ("--", ":", "-."), strict=False):
+        ax.plot(grid, v0 * (grid / b0) ** k, color="#777777", lw=1, ls=style, label=name)
+
+
 def _power_panel(ax: Axes, points: pd.DataFrame, fit: pd.Series, column: str,
                  rules: dict[str, float], ci: float) -> None:
     """Best value per B, the fitted power law, and reference rules through the smallest B."""
     shown = points[(points[column] > 0) & (points["batch_size"] > 0)].sort_values("batch_size")
     ax.plot(shown["batch_size"], shown[column], "o", color="#222222", ms=7, zorder=3,
             label=f"best trial's {column}")
-    grid = _grid(shown["batch_size"])
-    if math.isfinite(fit["exponent"]):
-        interval = ""
-        if math.isfinite(fit["exponent_lower"]):
-            interval = f" [{fit['exponent_lower']:.2f}, {fit['exponent_upper']:.2f}] ({ci:.0%})"
-        ax.plot(grid, fit["coefficient"] * grid ** fit["exponent"], color="#3b5b92", lw=1.5,
-                label=f"fit: k = {fit['exponent']:.2f}{interval}")
-    b0, v0 = float(shown["batch_size"].iloc[0]), float(shown[column].iloc[0])
-    for (name, k), style in zip(rules.items(), ("--", ":", "-."), strict=False):
-        ax.plot(grid, v0 * (grid / b0) ** k, color="#777777", lw=1, ls=style, label=name)
+    start = (float(shown["batch_size"].iloc[0]), float(shown[column].iloc[0]))
+    _fit_lines(ax, _grid(shown["batch_size"]), fit, rules, start, ci)
     _log2_batch_axis(ax, shown["batch_size"])
     _log_y(ax)
     ax.set_ylabel(column)
     ax.legend(fontsize=7, loc="best")
 
 
+def _lr_panel(ax: Axes, points: pd.DataFrame, fit: pd.Series, lr_col: str,
+              rules: dict[str, float], ci: float) -> None:
+    """The tuned lr per B with its interval (bars clipped to a decade beyond the lrs tried;
+    hollow where it fell back to the best trial), the best trial's lr, the fit, the rules."""
+    points = points[points["batch_size"] > 0].sort_values("batch_size")
+    ax.plot(points["batch_size"], points[lr_col], "x", color="#888888", ms=6,
+            label=f"best trial's {lr_col}")
+    vertex = points[points["method"] == "vertex"]
+    if not vertex.empty:
+        floor, ceiling = points["lr_min"].min() / 10, points["lr_max"].max() * 10
+        lower = vertex["lr_opt_lower"].where(np.isfinite(vertex["lr_opt_lower"]), floor)
+        upper = vertex["lr_opt_upper"].where(np.isfinite(vertex["lr_opt_upper"]), ceiling)
+        bars = [vertex["lr_opt"] - lower.clip(lower=floor), upper.clip(upper=ceiling)
+                - vertex["lr_opt"]]
+        ax.errorbar(vertex["batch_size"], vertex["lr_opt"], yerr=bars, fmt="o", ms=7,
+                    color="#222222", capsize=3, zorder=3,
+                    label=f"lr_opt: vertex of the fit ({ci:.0%} interval)")
+    edge = points[points["method"] == "best_trial"]
+    if not edge.empty:
+        ax.plot(edge["batch_size"], edge["lr_opt"], "o", mfc="none", mec="#d1495b", ms=9,
+                mew=1.5, zorder=3, label="edge: optimum outside the lrs tried")
+    anchor = points[points["lr_opt"] > 0]
+    anchor = points.assign(lr_opt=points[lr_col]) if anchor.empty else anchor
+    start = (float(anchor["batch_size"].iloc[0]), float(anchor["lr_opt"].iloc[0]))
+    _fit_lines(ax, _grid(points["batch_size"]), fit, rules, start, ci)
+    _log2_batch_axis(ax, points["batch_size"])
+    _log_y(ax)
+    ax.set_ylabel(lr_col)
+    ax.legend(fontsize=7, loc="best")
+
+
 def lr_figure(lr: LRScaling, lr_col: str, warmup_col: str | None) -> bytes:
-    """Learning rate (and warmup, when its fit has points) against B."""
+    """The tuned learning rate (and the best trial's warmup, when its fit has points)
+    against B."""
     fits = lr.fits.set_index("parameter")
     warm = warmup_col is not None and warmup_col in fits.index and (
         fits.loc[warmup_col, "n_points"] > 0)
     fig, axes = new_figure(2 if warm else 1)
     rules = {"linear rule k = 1 (Goyal et al.)": 1.0, "square-root rule k = 0.5 (Hoffer et al.)":
              0.5}
-    _power_panel(axes[0], lr.points, fits.loc[lr_col], lr_col, rules, lr.ci)
-    axes[0].set_title("Best learning rate per batch size")
+    _lr_panel(axes[0], lr.points, fits.loc[lr_col], lr_col, rules, lr.ci)
+    axes[0].set_title("Tuned learning rate per batch size")
     if warm:
         _power_panel(axes[1], lr.points, fits.loc[warmup_col], warmup_col,
                      {"constant in epochs k = 0 (Goyal et al.)": 0.0}, lr.ci)

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from lbt_study.analysis.lr import RULES
+from lbt_study.analysis.lr import JOINT, RULES, WINDOW
+from lbt_study.analysis.scaling import B0_DOMINATES
 from lbt_study.analysis.summary import GAP_COLUMNS, Analyses, AnalysisSettings
 from lbt_study.report import figures
 from lbt_study.report.document import (
@@ -298,9 +299,9 @@ BEST = SectionSpec(
 # ---------------------------------------------------------------------------------------------
 # Steps to target
 
-FRONTIER_COLUMNS = ("batch_size", "trial_id", "steps", "steps_lower", "steps_upper", "examples",
-                    "examples_ratio", "step_decrease", "regime", "n_trials", "n_reached",
-                    "reason")
+FRONTIER_COLUMNS = ("batch_size", "trial_id", "steps", "steps_lower", "steps_upper",
+                    "upper_rank", "examples", "examples_ratio", "step_decrease", "regime",
+                    "n_trials", "n_reached", "reason")
 
 
 def _steps_intro(a: Analyses) -> str:
@@ -308,9 +309,13 @@ def _steps_intro(a: Analyses) -> str:
     return (
         f"Shallue et al. (2018): for each batch size, the fewest steps any trial with status "
         f"{ok(a)} needed to first reach the target {target_text(a)} (resolution: the "
-        f"evaluation interval). Error bars: {s.ci:.0%} percentile-bootstrap interval of that "
-        f"minimum over the {s.top_k} fastest reaching trials ({s.n_boot} resamples, seed "
-        f"{s.seed}). Lines: perfect scaling through the smallest batch size (steps x B "
+        f"evaluation interval). Error bars: how far that minimum leans on its fastest trials, "
+        f"the {s.ci:.0%} interval of the minimum when the batch size's trials are resampled "
+        "with replacement (computed exactly, no seed): the lower end is the point itself, the "
+        "upper end the upper_rank-th fastest trial, what the point becomes without its "
+        "luckiest trials (unbounded when too few trials reached the target). It is not a "
+        "confidence interval for the best-tuned steps, which a handful of trials cannot bound "
+        "from below. Lines: perfect scaling through the smallest batch size (steps x B "
         f"constant), {s.zhang_excess:.0%} above it (Zhang et al. 2024), and the McCandlish et "
         "al. (2018) fit S(B) = S_min (1 + B_crit/B), E(B) = E_min (1 + B/B_crit). Regimes: "
         f"perfect scaling while examples stay within {s.perfect_tol:.0%} of the smallest batch "
@@ -357,22 +362,59 @@ STEPS = SectionSpec(
 # ---------------------------------------------------------------------------------------------
 # Critical batch size
 
-CRITICAL_COLUMNS = ("method", "b_crit", "lower", "upper", "s_min", "e_min", "how", "reason")
+CRITICAL_COLUMNS = ("method", "b_crit", "lower", "upper", "ratio_to_b_crit", "s_min", "e_min",
+                    "how", "reason")
 
 
 def critical_labels(s: AnalysisSettings) -> dict[str, str]:
     """What each method of ``CriticalBatchSize.estimates`` is called in the report."""
     return {"mccandlish_fit": "McCandlish et al. 2018 fit",
+            "mccandlish_fit_cov": "McCandlish et al. 2018 fit, covariance interval",
             "zhang_20pct": f"Zhang et al. 2024 {s.zhang_excess:.0%} rule",
             "gns_simple": "gradient noise scale B_simple (measured)"}
 
 
 def _critical_intro(a: Analyses) -> str:
+    e = a.settings.zhang_excess
     return ("McCandlish et al. (2018): steps and examples trade off as "
             "(S/S_min - 1)(E/E_min - 1) = 1 with B_crit = E_min/S_min, and the simple gradient "
             "noise scale B_simple = tr(Sigma)/|G|^2 predicts B_crit. Zhang et al. (2024): the "
-            f"batch size at which steps to target are {a.settings.zhang_excess:.0%} above "
-            "perfect linear scaling. A dash means not computed; the reason column says why.")
+            f"batch size at which steps to target are {e:.0%} above perfect linear scaling; "
+            f"on an exact McCandlish curve that is {1 + e:g} B0 + {e:g} B_crit (B0: the "
+            f"smallest batch size measured), so it is never below {1 + e:g} B0 and moves "
+            f"with where the sweep starts. {_interval_words(a)} ratio_to_b_crit: the "
+            "estimate over the fitted B_crit. A dash means not computed; the reason column "
+            "says why.")
+
+
+def _interval_words(a: Analyses) -> str:
+    """How the fit's interval was computed, in one sentence."""
+    cbs = a.value("critical")["cbs"]
+    boot = cbs.bootstrap
+    if boot is None:
+        return (f"The fit's {cbs.ci:.0%} interval comes from its covariance (the scatter of "
+                "the frontier points about the curve).")
+    return (f"The fit's {cbs.ci:.0%} interval: the trials of each batch size were resampled "
+            f"with replacement {boot.n_boot} times (seed {boot.seed}), the fastest per batch "
+            "size retaken and the curve refitted each time; it is the middle "
+            f"{cbs.ci:.0%} of those refits (a refit running off the batch sizes measured "
+            "counts as unbounded). The covariance row is the same fit's textbook interval, "
+            "which takes every frontier point as equally noisy, judged from their scatter "
+            "about the curve.")
+
+
+def _critical_notes(a: Analyses) -> list[Item]:
+    """The Zhang flag, and B_simple against B_crit, in words."""
+    cbs = a.value("critical")["cbs"]
+    items: list[Item] = []
+    if cbs.zhang_b0_share > B0_DOMINATES:
+        items.append(Text(f"Note: Zhang et al. 2024 rule: {cbs.zhang_reason}."))
+    if pd.notna(cbs.gns) and pd.notna(cbs.b_crit_fit):
+        items.append(Text(f"B_simple / B_crit = {cbs.gns / cbs.b_crit_fit:.3g} (B_simple "
+                          f"{cbs.gns:.4g}, B_crit {cbs.b_crit_fit:.4g}); McCandlish et al. "
+                          "(2018) predict B_crit close to the noise scale, which B_simple "
+                          "approximates."))
+    return items
 
 
 def _critical_shown(a: Analyses) -> pd.DataFrame:
@@ -384,6 +426,7 @@ def _critical_shown(a: Analyses) -> pd.DataFrame:
 CRITICAL = SectionSpec(
     "Critical batch size", ("critical",), _critical_intro,
     (TablePart(_critical_shown, CRITICAL_COLUMNS, csv="critical_batch_size"),
+     ItemsPart(_critical_notes),
      TablePart(lambda a: a.value("gns"), caption="final_gns_simple of the best trial per batch "
                "size", csv="gns", when=lambda a: len(a.value("gns")) > 0, needs="gns"),
      FigurePart("gns", lambda a: figures.gns_figure(a.value("gns_curves")["rows"]),
@@ -396,47 +439,84 @@ CRITICAL = SectionSpec(
 # ---------------------------------------------------------------------------------------------
 # Learning rate and warmup
 
-LR_COLUMNS = ("parameter", "exponent", "exponent_lower", "exponent_upper", "coefficient",
-              "r_squared", "n_points", "linear_rule_in_ci", "sqrt_rule_in_ci", "constant_in_ci",
-              "reason")
+LR_COLUMNS = ("parameter", "method", "exponent", "exponent_lower", "exponent_upper",
+              "coefficient", "r_squared", "n_points", "n_trials", "linear_rule_in_ci",
+              "sqrt_rule_in_ci", "constant_in_ci", "reason")
+LR_POINT_COLUMNS = ("batch_size", "n_trials", "lr_min", "lr_max", "learning_rate", "lr_opt",
+                    "lr_opt_lower", "lr_opt_upper", "method", "edge", "reason")
+RULE_NAMES = {"linear_rule_in_ci": "the linear rule", "sqrt_rule_in_ci": "the square-root rule",
+              "constant_in_ci": "a constant"}
 
 
 def _lr_intro(a: Analyses) -> str:
     linear, sqrt, constant = (RULES[k] for k in ("linear_rule_in_ci", "sqrt_rule_in_ci",
                                                   "constant_in_ci"))
-    return ("log(value) = a + k log(B) fitted by least squares to the best trial of each batch "
-            "size (learning_rate as used; warmup_epochs, trials without warmup left out); "
-            f"{a.settings.ci:.0%} interval on the exponent k. Reference lines through the "
-            f"smallest batch size's best value: the linear rule k = {linear:g} (Goyal et al. "
-            f"2017) and the square-root rule k = {sqrt:g} (Hoffer et al. 2017); for warmup, "
-            f"constant in epochs (k = {constant:g}, Goyal et al.).")
+    return ("The tuned learning rate lr_opt of each batch size is the peak of a parabola in "
+            f"log(lr) fitted to its trials (those within {WINDOW:g} decades of its best), and "
+            "the exponent k of lr_opt ~ B^k comes from one such parabola fitted to every batch "
+            "size at once (a shared curvature, the peak moving as k log B), with a "
+            f"{a.settings.ci:.0%} interval from {a.settings.n_boot} resamples of the trials "
+            "within each batch size; warmup is a power law through the best trial's "
+            f"warmup_epochs. Rules: linear k = {linear:g} (Goyal et al. 2017), square-root "
+            f"k = {sqrt:g} (Hoffer et al. 2017); for warmup, constant in epochs (k = "
+            f"{constant:g}, Goyal et al.).")
 
 
-def _lr_notes(a: Analyses) -> list[Item]:
-    """Each fit's reason: a Reason where the fit failed, a note where it only says more."""
+def _lr_result(fit: pd.Series, ci: float) -> str:
+    """One fit in words: k, how it was found, its interval and the rules inside it."""
+    how = (f"one parabola over {fit['n_trials']} trials at {fit['n_points']} batch sizes"
+           if fit["method"] == JOINT else
+           f"a power law through the best trial of {fit['n_points']} batch sizes")
+    text = f"{fit['parameter']}: k = {fit['exponent']:.2f} from {how}"
+    if pd.isna(fit["exponent_lower"]):
+        return text + ", no interval."
+    known = {name: bool(fit[column]) for column, name in RULE_NAMES.items()
+             if pd.notna(fit[column])}
+    inside = [name for name, within in known.items() if within]
+    outside = [name for name, within in known.items() if not within]
+    contains = "contains " + " and ".join(inside) if inside else "contains none of the rules"
+    return (f"{text}, {ci:.0%} interval [{fit['exponent_lower']:.2f}, "
+            f"{fit['exponent_upper']:.2f}]: it {contains}"
+            + (f", not {' or '.join(outside)}." if inside and outside else "."))
+
+
+def _lr_words(a: Analyses) -> list[Item]:
+    """Each fit's result, then its reason: a Reason where it failed, else a note."""
     fits = a.value("lr").fits
-    return [Reason(f"{fit.parameter}: {fit.reason}") if pd.isna(fit.exponent)
-            else Text(f"Note: {fit.parameter}: {fit.reason}")
-            for fit in fits[fits["reason"].notna()].itertuples()]
+    items: list[Item] = [Text(_lr_result(fit, a.settings.ci)) for _, fit in fits.iterrows()
+                         if pd.notna(fit["exponent"])]
+    return items + [Reason(f"{fit.parameter}: {fit.reason}") if pd.isna(fit.exponent)
+                    else Text(f"Note: {fit.parameter}: {fit.reason}")
+                    for fit in fits[fits["reason"].notna()].itertuples()]
 
 
 def _lr_missing(a: Analyses) -> str | None:
     if a.value("lr").fits["reason"].notna().any():
         return None  # the fits' reasons already say why
-    return "no batch size has a best trial with a learning_rate > 0"
+    return "no batch size has a trial with a learning_rate > 0 and an objective"
+
+
+def _lr_points(a: Analyses) -> bool:
+    return len(a.value("lr").points) > 0
 
 
 LR = SectionSpec(
     "Learning rate and warmup against batch size", ("lr",), _lr_intro,
     (TablePart(lambda a: a.value("lr").fits, LR_COLUMNS, csv="lr_scaling"),
-     ItemsPart(_lr_notes),
+     ItemsPart(_lr_words),
+     TablePart(lambda a: a.value("lr").points, LR_POINT_COLUMNS,
+               caption="Per batch size: lr_opt, the vertex of the parabola in log(lr), with "
+               "Fieller's interval; learning_rate is the best trial's, lr_min and lr_max the "
+               "range tried. edge: no peak inside the lrs tried, so lr_opt is the best trial's "
+               "lr (a bound on the optimum).", csv="lr_scaling_points", when=_lr_points),
      FigurePart("lr_scaling", lambda a: figures.lr_figure(a.value("lr"), "learning_rate",
                                                           "warmup_epochs"),
-                lambda _: "Best trial's learning rate (and warmup) per batch size, the fitted "
-                "power law and the reference rules.",
-                lambda a: bool((pd.to_numeric(a.value("lr").points["learning_rate"]) > 0).any()),
-                _lr_missing)),
-    (Csv("lr_scaling", "lr", lambda v: v.fits),))
+                lambda _: "lr_opt per batch size (the vertex of its parabola, with its "
+                "interval; hollow: edge, the best trial's lr), the best trial's lr (x), the "
+                "joint fit and the reference rules through the smallest batch size; warmup: "
+                "the best trial's.", _lr_points, _lr_missing)),
+    (Csv("lr_scaling", "lr", lambda v: v.fits),
+     Csv("lr_scaling_points", "lr", lambda v: v.points)))
 
 
 # ---------------------------------------------------------------------------------------------
