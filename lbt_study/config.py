@@ -111,8 +111,16 @@ class TrainConfig(BaseModel):
     """Testing aid: behave as if any micro-batch larger than this ran out of memory."""
     measure_gns: bool = True
     """Gradient noise scale from worker-local vs all-reduced gradients (DDP) or micro-batch vs
-    accumulated gradients (one worker); NaN for one worker without accumulation."""
+    accumulated gradients (one worker); NaN for one worker without accumulation and for
+    sync_batch across workers (``gns_simple_reason`` says why)."""
     gns_ema: float = Field(default=0.99, ge=0, lt=1)
+    gns_probe_examples: int = Field(default=1024, ge=0)
+    """Gradient noise scale at every evaluation (``gns_probe``, with a jackknife standard
+    error) from the gradients of this many training examples, a fixed seeded subset (capped
+    at the training set): per-example gradients, or chunks of the norm batch size for
+    batch-statistic norms (lbt_study.train.noise.GradientNoiseProbe); 0: off. Costs more
+    than a forward and backward of these examples per evaluation (digits on one CPU core:
+    roughly 15-250 ms), counted in eval_seconds."""
     sharpness_examples: int = Field(default=0, ge=0)
     """Top Hessian eigenvalue at the end of training on this many training examples (0: off)."""
     sharpness_iters: int = Field(default=100, gt=0)

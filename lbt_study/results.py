@@ -47,7 +47,7 @@ _FROM_LAST_ROW = {
     "train_examples": "train_examples", "micro_batch_size": "micro_batch_size",
     "norm_batch_size": "norm_batch_size", "accumulation_steps_used": "accumulation_steps_used",
 }
-_REPORTED_ONCE = ("learning_rate", "batch_schedule")
+_REPORTED_ONCE = ("learning_rate", "batch_schedule", "gns_simple_reason")
 """Reported with the trial's first and last rows, not with every evaluation."""
 
 
@@ -109,7 +109,7 @@ def config_columns(rows: list[Mapping[str, Any]], requested: Mapping[str, Any]) 
     reported = next((r["config_as_run"] for r in rows if r.get("config_as_run")), None)
     config = json.loads(reported) if reported else dict(requested)
     out: dict[str, Any] = {k: config.get(k) for k in TrainConfig.model_fields}
-    out.update(learning_rate=math.nan, batch_schedule=None)
+    out.update(learning_rate=math.nan, batch_schedule=None, gns_simple_reason=None)
     for row in rows:
         out.update({k: row[k] for k in _REPORTED_ONCE if k in row})
     return out
@@ -119,14 +119,28 @@ def at_target(trial_id: str, evals: list[Mapping[str, Any]], target: float | Non
               direction: str) -> dict[str, Any]:
     """The trial's at-target columns, measured where its row is made."""
     out: dict[str, Any] = {"target": target, "reached_target": False,
-                           **dict.fromkeys(TRIALS_AT_TARGET, math.nan)}
+                           **dict.fromkeys(TRIALS_AT_TARGET, math.nan), "gns_at_target": math.nan}
     if target is None or not evals:
         return out
     history = pd.DataFrame.from_records([history_record(trial_id, r) for r in evals])
     found = time_to_target(history, target, direction).iloc[0]
     out["reached_target"] = bool(found["reached"])
     out.update({c: found[c] for c in TRIALS_AT_TARGET})
+    # the evaluation that reached the target: an interpolated steps_to_target lies before it
+    reached_at = found.get("eval_step_at_target", math.ceil(found["steps_to_target"])
+                           if math.isfinite(found["steps_to_target"]) else math.nan)
+    out["gns_at_target"] = mean_up_to(evals, "gns_probe", reached_at)
     return out
+
+
+def mean_up_to(evals: list[Mapping[str, Any]], column: str, step: float) -> float:
+    """Mean of ``column`` over the evaluations at steps <= ``step``, skipping missing
+    values; NaN when ``step`` is NaN or no evaluation has a value."""
+    if not math.isfinite(step):
+        return math.nan
+    values = [float(r[column]) for r in evals if r["step"] <= step
+              and isinstance(r.get(column), int | float) and math.isfinite(r[column])]
+    return sum(values) / len(values) if values else math.nan
 
 
 def _best(evals: list[Mapping[str, Any]], direction: str) -> float:

@@ -36,6 +36,13 @@ HISTORY_COLUMNS: dict[str, str] = {
     "gns_trace_sigma": "tr(S), per-example gradient covariance trace (EMA estimate)",
     "gns_grad_sq": "|G|^2, squared norm of the true gradient (EMA estimate)",
     "gns_small_batch": "the smaller batch of the two-batch-size estimate (the larger is B)",
+    "gns_probe": "gradient noise scale B_simple = tr(S)/|G|^2 in examples, measured at this "
+                 "evaluation from the gradients of a fixed training subset of "
+                 "gns_probe_examples (per example; per chunk of the norm batch size under batch "
+                 "statistics: the noise scale at that norm batch size); NaN when off or when "
+                 "fewer than 2 chunks fit in the subset",
+    "gns_probe_se": "standard error of gns_probe: delete-one-group jackknife over up to 16 "
+                    "groups of the subset",
     "step_time_median": "median seconds per optimizer step since the previous evaluation",
     "step_time_p90": "90th percentile of the same",
     "peak_memory_bytes": "CUDA max allocated (GPU) or process peak RSS (CPU), so far",
@@ -50,7 +57,7 @@ TRIAL_ONLY_KEYS: frozenset[str] = frozenset({
     "eval_seconds", "flops_per_example", "micro_batch_size", "accumulation_steps_used",
     "norm_batch_size", "mfu_run", "step_time_median_run", "step_time_p90_run",
     "hybrid_alpha", "swa", "sharpness", "learning_rate", "batch_schedule", "config_as_run",
-    "stopped_at_target",
+    "stopped_at_target", "gns_simple_reason",
 })
 """Keys a trial reports with its evaluations that describe the trial, not the evaluation:
 they go to the trials table and are deliberately left out of the history table."""
@@ -64,7 +71,7 @@ def metric_columns(metrics: tuple[str, ...] | list[str]) -> list[str]:
 
 FINAL_METRICS = (
     "train_loss", "train_accuracy", "val_loss", "val_accuracy", "gap_loss", "gap_accuracy",
-    "objective",
+    "objective", "gns_probe",
 )
 """Evaluation columns copied into the trials table as ``final_<name>``."""
 
@@ -117,6 +124,12 @@ TRIAL_RESULT_COLUMNS: dict[str, str] = {
     "diverged_step": "step with a non-finite loss (diverged trials)",
     "evaluations": "rows in the history table",
     "final_gns_simple": "gradient noise scale at the last evaluation",
+    "gns_simple_reason": "why gns_simple is NaN in this trial (measure_gns off, one worker "
+                         "without accumulation, sync_batch across workers); empty where "
+                         "measured",
+    "gns_at_target": "mean gns_probe over the evaluations up to and including the first one "
+                     "that reached the target (steps_to_target, interpolated, lies just "
+                     "before it); NaN if never reached",
     "flops_per_example": "forward+backward FLOPs per training example (torch FlopCounterMode)",
     "mfu": "model FLOPs utilisation over the whole run (GPU; NaN on CPU)",
     "step_time_median": "median seconds per optimizer step over the run",

@@ -1,4 +1,4 @@
-"""The embedded default: a joint batch-size study on scikit-learn's digits (CPU, minutes).
+"""A joint batch-size x normalization study on scikit-learn's digits (CPU, minutes).
 
 Optuna's TPE searches jointly over the global batch size (16 ... 1024), the learning rate,
 the warmup length and every normalization (the seven classic ones and the hybrid), on a
@@ -6,7 +6,7 @@ small CNN. Trials whose norm is ``sync_batch`` run as 2 data-parallel workers (R
 gloo), so that SyncBN really pools statistics across workers; the others run as one worker.
 Ghost BN uses virtual batches of 16.
 
-    lbt-study run search_spaces/digits.py
+    lbt-study run search_spaces/digits_norms.py
 """
 
 from lbt_study import Study
@@ -27,7 +27,7 @@ def space(trial):
 
 
 study = Study(
-    name="digits",
+    name="digits-norms",
     workload="digits",
     space=space,
     trials=24,
@@ -37,7 +37,6 @@ study = Study(
         "momentum": 0.9,
         "schedule": "cosine",
         "epochs": 8,
-        "eval_every_examples": 2880,  # every 2 epochs of the 1,437 training images
         "ghost_batch_size": 16,
         "seed": 0,
     },

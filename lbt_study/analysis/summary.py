@@ -302,11 +302,11 @@ def critical_how(cbs: CriticalBatchSize, s: AnalysisSettings, gns_words: str) ->
 
 def critical_vs_target(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                        settings: AnalysisSettings) -> Outcome:
-    """``critical_by_target`` over the study's targets (two or more), from the history."""
+    """``critical_by_target`` over the study's targets, from the history; an empty table
+    when the study has one target (the critical table is then the whole answer)."""
+    if len(study.targets) < 2:
+        return Outcome(pd.DataFrame())
     reason = _guard(trials, study, ("batch_size", "trial_id", "final_objective"), True)
-    if reason is None and len(study.targets) < 2:
-        reason = ("the study measures one target; Study(targets=[...]) adds more, and the "
-                  "critical batch size is then given as a function of the target")
     if reason is None:
         reason = missing_columns(history, ("trial_id", "step", "examples_seen", "objective"),
                                  "history")

@@ -423,15 +423,26 @@ def _critical_shown(a: Analyses) -> pd.DataFrame:
     return table.assign(method=labels)
 
 
+BY_TARGET_CAPTION = (
+    "The McCandlish B_crit at each of the study's targets: the history measured again at each "
+    "threshold (the crossing interpolated), the frontier retaken and the curve refitted, with "
+    "the trial-bootstrap interval of the table above. McCandlish et al. (2018) and Zhang et "
+    "al. (2024) find it grows as the target gets harder.")
+
+
 CRITICAL = SectionSpec(
     "Critical batch size", ("critical",), _critical_intro,
     (TablePart(_critical_shown, CRITICAL_COLUMNS, csv="critical_batch_size"),
      ItemsPart(_critical_notes),
+     TablePart(lambda a: a.value("critical_by_target"), caption=BY_TARGET_CAPTION,
+               csv="critical_by_target", needs="critical_by_target",
+               when=lambda a: len(a.value("critical_by_target")) > 0),
      TablePart(lambda a: a.value("gns"), caption="final_gns_simple of the best trial per batch "
                "size", csv="gns", when=lambda a: len(a.value("gns")) > 0, needs="gns"),
      FigurePart("gns", lambda a: figures.gns_figure(a.value("gns_curves")["rows"]),
                 lambda a: a.value("gns_curves")["caption"], needs="gns_curves")),
     (Csv("critical_batch_size", "critical", lambda v: v["table"]),
+     Csv("critical_by_target", "critical_by_target", when=lambda v: len(v) > 0),
      Csv("critical_batch_size_points", "critical", lambda v: v["cbs"].points),
      Csv("gns", "gns", when=lambda v: len(v) > 0)))
 

@@ -23,7 +23,7 @@ from torch.optim import swa_utils
 from lbt_study.device import PLAIN, GpuSettings, gather
 from lbt_study.measure import peak_memory_bytes, top_hessian_eigenvalue
 from lbt_study.norms import hybrid_alpha
-from lbt_study.train.noise import read_noise_scale
+from lbt_study.train.noise import gns_simple_reason, read_gradient_noise, read_noise_scale
 from lbt_study.train.precise_bn import PreciseBN
 from lbt_study.train.setup import Parts, world
 from lbt_study.train.state import TrainState
@@ -140,6 +140,7 @@ class RowBuilder:
             row["gap_accuracy"] = train["accuracy"] - val["accuracy"]
         row.update(self.interval.take(p))
         row.update(read_noise_scale(p.noise))
+        row.update(read_gradient_noise(p.gns_probe, model, p.schedule.plan_at(step)))
         if p.size > 1:
             row["replica_spread"] = replica_spread(p.model, p.device)
         self.state.eval_seconds += time.perf_counter() - t0
@@ -203,9 +204,11 @@ class RowBuilder:
         return row
 
     def with_config(self, row: Row) -> Row:
-        """Add what the trial ran: its config, learning rate and batch schedule."""
+        """Add what the trial ran: its config, learning rate and batch schedule, and why
+        gns_simple is not measured (None where it is)."""
         p = self.parts
         row.update(config_as_run=p.cfg.model_dump_json(),
                    learning_rate=p.schedule.learning_rate,
-                   batch_schedule=p.schedule.describe())
+                   batch_schedule=p.schedule.describe(),
+                   gns_simple_reason=gns_simple_reason(p.cfg, p.schedule, p.size))
         return row

@@ -30,7 +30,7 @@ from lbt_study.measure import device_peak_flops, flops_per_example, restored
 from lbt_study.norms import NormSpec, use_torch_sync_bn
 from lbt_study.optim import make_optimizer, make_scheduler
 from lbt_study.sampling import IndexStream, StratifiedStream, make_stream
-from lbt_study.train.noise import NoiseScaleProbe
+from lbt_study.train.noise import GradientNoiseProbe, NoiseScaleProbe
 from lbt_study.workload import Data, Workload, cast_inputs, get_workload
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -95,6 +95,8 @@ class Parts:
     opt: Optimizer | None = field(default=None, repr=False)
     sched: lr_scheduler.LRScheduler | None = field(default=None, repr=False)
     noise: NoiseScaleProbe | None = None
+    gns_probe: GradientNoiseProbe | None = None
+    """The evaluation-time noise-scale probe (None when ``gns_probe_examples`` is 0)."""
     swa: swa_utils.AveragedModel | None = None
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,7 +146,7 @@ def assemble(cfg: TrainConfig, device: torch.device, resume: dict | None = None)
 
 
 def _optimize_and_wrap(parts: Parts) -> None:
-    """Optimizer and learning-rate schedule, then DDP, the noise-scale probe and SWA."""
+    """Optimizer and learning-rate schedule, then DDP, the noise-scale probes and SWA."""
     cfg, schedule, model, device = parts.cfg, parts.schedule, parts.model, parts.device
     parts.opt = make_optimizer(cfg.optimizer, model.parameters(), lr=schedule.learning_rate,
                                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -157,6 +159,7 @@ def _optimize_and_wrap(parts: Parts) -> None:
     parts.net = net
     if cfg.measure_gns:
         parts.noise = NoiseScaleProbe.attach(schedule, model, parts.ddp, cfg.gns_ema, device)
+    parts.gns_probe = GradientNoiseProbe.build(cfg, parts.data, parts.loss, device)
     parts.swa = swa_utils.AveragedModel(model) if cfg.swa_start else None
 
 
