@@ -103,7 +103,7 @@ def test_gns_of_best_keeps_batch_sizes_with_a_best_trial_and_takes_the_median():
     none, why = median_gns(gns_of_best(Outcome(best.assign(final_gns_simple=NAN))))
     assert none is None and "no best trial has a final_gns_simple value" in why
     assert gns_of_best(Outcome(reason="no rows")).reason == "no rows"
-    assert "no final_gns_simple column" in gns_of_best(
+    assert "no final_gns_probe, final_gns_simple columns" in gns_of_best(
         Outcome(best.drop(columns="final_gns_simple"))).reason
 
 

@@ -13,7 +13,8 @@ def _space(trial):
     return {"lr": trial.suggest_float("lr", 1e-3, 0.5, log=True)}
 
 
-FIXED = {"model": "mlp", "norm": "batch", "epochs": 1, "eval_every_examples": 256}
+FIXED = {"model": "mlp", "norm": "batch", "epochs": 1, "eval_every_examples": 256,
+         "gns_probe_examples": 256}
 
 
 def test_cells_of_the_per_batch_size_protocol():

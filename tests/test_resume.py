@@ -33,7 +33,7 @@ def space(trial):
             "lr": trial.suggest_float("lr", 1e-3, 0.3, log=True)}
 
 study = Study(name="killed", space=space, trials=7, max_concurrent_trials=1,
-              fixed={"model": "mlp", "norm": "layer", "epochs": 3})
+              fixed={"model": "mlp", "norm": "layer", "epochs": 3, "gns_probe_examples": 256})
 """
 
 

@@ -197,7 +197,13 @@ def _group_scaling(pool: pd.DataFrame, s: _Setup) -> tuple[list[dict], pd.DataFr
                         f"{', '.join(f'{b:g}' for b in edges)}")]
     row = _joint_fit(pool, codes, s)
     fallback = _power_fit(points, s.batch, s.lr, s.ci)
-    if math.isnan(row["exponent"]) and not math.isnan(fallback["exponent"]):
+    outside = _peaks_outside(pool, row, s.batch)
+    if 2 * len(outside) > len(points):  # an extrapolation is no measurement of k
+        row = {**_no_fit(s.lr, JOINT, row["n_points"], row["n_trials"], None), "reason": (
+            f"the joint fit (k = {row['exponent']:.3g}) puts the optimum outside the lrs "
+            f"tried at {s.batch} {', '.join(f'{b:g}' for b in outside)}: k would be an "
+            "extrapolation and is not given; search a range holding every optimum")}
+    elif math.isnan(row["exponent"]) and not math.isnan(fallback["exponent"]):
         why = f"{row['reason']}: k from the best trial of each batch size instead"
         row = {**fallback, "reason": _join(why, fallback["reason"])}
     row["reason"] = _join(notes[0], notes[1], row["reason"], notes[2])
@@ -205,6 +211,17 @@ def _group_scaling(pool: pd.DataFrame, s: _Setup) -> tuple[list[dict], pd.DataFr
     if s.warmup is not None:
         rows.append(_power_fit(points, s.batch, s.warmup, s.ci))
     return rows, points
+
+
+def _peaks_outside(pool: pd.DataFrame, row: dict, batch: str) -> list[float]:
+    """The batch sizes where the joint fit's optimum, coefficient x B^k, lies outside the
+    lrs tried there (none when the joint fit gave no k)."""
+    if row["method"] != JOINT or not math.isfinite(row["exponent"]):
+        return []
+    tried = pool.groupby(batch)["_x"].agg(["min", "max"])
+    peak = np.log(row["coefficient"]) + row["exponent"] * np.log(tried.index.to_numpy(float))
+    off = (peak < tried["min"] - 1e-9) | (peak > tried["max"] + 1e-9)
+    return tried.index[off.to_numpy()].tolist()
 
 
 def _windowed(codes: np.ndarray, x: np.ndarray, y: np.ndarray, weights: np.ndarray,

@@ -34,7 +34,9 @@ from lbt_study.analysis.targets import time_to_target
 from lbt_study.analysis.throughput import throughput_frontier
 from lbt_study.schema import STATUSES
 
-GAP_COLUMNS = ("final_gap_accuracy", "final_gap_loss")
+GAP_COLUMNS = ("gap_accuracy_at_target", "gap_loss_at_target", "final_gap_accuracy",
+               "final_gap_loss")
+"""The gaps compared, at the target first: there trials stand at equal validation quality."""
 PARETO = (("final_objective", None), ("seconds_to_target", "minimize"))  # None: the study's
 NO_ROWS = "the trials table has no rows: no trial has finished"
 
@@ -196,15 +198,20 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
     return Analyses(study, trials, history, tuple(notes), results, s)
 
 
+GNS_COLUMNS = ("gns_at_target", "final_gns_probe", "final_gns_simple")
+"""The trials table's noise-scale columns, shown per batch size beside the frontier."""
+
+
 def gns_of_best(best: Outcome) -> Outcome:
-    """final_gns_simple of the best trial (by final objective) at each batch size."""
+    """The noise-scale columns (``GNS_COLUMNS`` present) of the best trial (by final
+    objective) at each batch size."""
     if best.reason:
         return best
     frame = best.value
-    reason = missing_columns(frame, ("final_gns_simple",), "trials")
-    if reason:
-        return Outcome(reason=reason)
-    rows = frame[frame["n_candidates"] > 0][["batch_size", "trial_id", "final_gns_simple"]]
+    present = [c for c in GNS_COLUMNS if c in frame.columns]
+    if not present:
+        return Outcome(reason=missing_columns(frame, GNS_COLUMNS[1:], "trials"))
+    rows = frame[frame["n_candidates"] > 0][["batch_size", "trial_id", *present]]
     return Outcome(rows.reset_index(drop=True))
 
 
@@ -219,6 +226,8 @@ def median_gns(gns: Outcome, steps: Outcome | None = None,
         return at_target
     if gns.reason:
         return None, gns.reason
+    if "final_gns_simple" not in gns.value:
+        return None, "the trials table has no gns_at_target or final_gns_simple values"
     values = pd.to_numeric(gns.value["final_gns_simple"]).dropna()
     if values.empty:
         return None, ("no best trial has a final_gns_simple value (it is measured only with "
@@ -331,9 +340,11 @@ def gns_curves(best: Outcome, history: pd.DataFrame, trials: pd.DataFrame,
     reason = missing_columns(history, ("trial_id", "examples_seen", "gns_simple"), "history")
     if reason:
         return Outcome(reason=reason)
+    source = _gns_source(history)
+    history = history.assign(gns_simple=pd.to_numeric(history[source]))
     rows = _gns_rows(best.value, history)
-    caption = ("Gradient noise scale B_simple over training, for the best trial (by "
-               "final_objective) at each batch size that measured it.")
+    caption = (f"Gradient noise scale B_simple ({source}) over training, for the best trial "
+               "(by final_objective) at each batch size that measured it.")
     if rows.empty:
         measured = history.loc[pd.to_numeric(history["gns_simple"]).notna(), "trial_id"]
         subset = trials[trials["trial_id"].isin(measured)]
@@ -352,6 +363,14 @@ def gns_curves(best: Outcome, history: pd.DataFrame, trials: pd.DataFrame,
     every = size // s.gns_points_per_trial + 1
     return Outcome({"rows": rows[position % every == 0].reset_index(drop=True),
                     "caption": caption})
+
+
+def _gns_source(history: pd.DataFrame) -> str:
+    """gns_probe (measured at every evaluation of every trial) where the history has it,
+    else gns_simple (the DDP / accumulation estimator)."""
+    if "gns_probe" in history and pd.to_numeric(history["gns_probe"]).notna().any():
+        return "gns_probe"
+    return "gns_simple"
 
 
 def _gns_rows(best: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:

@@ -300,22 +300,24 @@ def best_figure(best_norm: pd.DataFrame, best: pd.DataFrame, target: float | Non
     return to_png(fig)
 
 
-GAP_TITLES = {"final_gap_accuracy": "accuracy gap: train - validation accuracy",
-              "final_gap_loss": "loss gap: validation - train loss"}
+GAP_TITLES = {"gap_accuracy_at_target": "accuracy gap at the target",
+              "gap_loss_at_target": "loss gap at the target",
+              "final_gap_accuracy": "accuracy gap at the end: train - validation",
+              "final_gap_loss": "loss gap at the end: validation - train"}
 
 
 def gap_figure(gaps: pd.DataFrame, columns: list[str]) -> bytes:
-    """Generalization gap of the best trial against B, a line per norm, a panel per gap."""
-    fig, axes = new_figure(len(columns))
+    """Generalization gap (median over trials) against B, a line per norm, a panel per gap."""
+    fig, axes = new_figure(len(columns), width=4.4 if len(columns) > 2 else 5.6)
     for ax, column in zip(axes, columns, strict=True):
         part = gaps[gaps["gap"] == column]
-        if lines_by_group(ax, part, "norm", "gap_of_best"):
+        if lines_by_group(ax, part, "norm", "gap_median"):
             ax.legend(fontsize=7, loc="best")
         else:
             ax.text(0.5, 0.5, f"no {column} values", ha="center", transform=ax.transAxes)
         ax.axhline(0, color="#999999", lw=0.8)
         _log2_batch_axis(ax, part["batch_size"])
-        ax.set_ylabel(f"{column} of the best trial")
+        ax.set_ylabel(f"{column}, median over trials")
         ax.set_title(GAP_TITLES.get(column, column))
     return to_png(fig)
 
