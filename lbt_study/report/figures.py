@@ -237,7 +237,8 @@ def _lr_panel(ax: Axes, points: pd.DataFrame, fit: pd.Series, lr_col: str,
                 - vertex["lr_opt"]]
         ax.errorbar(vertex["batch_size"], vertex["lr_opt"], yerr=bars, fmt="o", ms=7,
                     color="#222222", capsize=3, zorder=3,
-                    label=f"lr_opt: vertex of the fit ({ci:.0%} interval)")
+                    label=f"lr_opt: vertex of the fit ({ci:.0%} interval; unbounded: "
+                    "10x past the lrs tried)")
     edge = points[points["method"] == "best_trial"]
     if not edge.empty:
         ax.plot(edge["batch_size"], edge["lr_opt"], "o", mfc="none", mec="#d1495b", ms=9,
