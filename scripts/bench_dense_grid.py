@@ -43,7 +43,10 @@ study = Study(name="dense_grid", workload="digits", space=space, trials=len(GRID
 '''
 
 FIXED = {"model": "mlp", "norm": "none", "optimizer": "sgd", "momentum": 0.9,
-         "schedule": "cosine", "warmup_epochs": 0.0, "measure_flops": False}
+         "schedule": "cosine", "warmup_epochs": 0.0, "measure_flops": False,
+         # like for like with the bare loop, which measures no noise scale (the probe costs
+         # ~70 ms per evaluation on this MLP: BENCHMARKS.md, "What an evaluation costs")
+         "gns_probe_examples": 0}
 
 
 def grid(args: argparse.Namespace) -> list[dict]:
