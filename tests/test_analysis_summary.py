@@ -270,3 +270,28 @@ def test_gns_at_target_of_the_frontier_trials_is_preferred_to_final_gns_simple()
     row = fallback.value("critical")["table"].set_index("method").loc["gns_simple"]
     assert row["b_crit"] == 150.0
     assert row["how"] == "median final_gns_simple of the best trial at 4 of 5 batch sizes"
+
+
+def test_lr_by_norm_is_each_norms_own_fit_and_absent_with_one_norm():
+    import numpy as np
+
+    from lbt_study.analysis.lr import lr_scaling
+    from lbt_study.analysis.summary import lr_by_norm
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for norm, k in (("batch", 0.5), ("layer", 1.0)):
+        for b in (16, 64, 256, 1024):
+            for i, lr in enumerate(np.exp(rng.uniform(np.log(1e-3), 0.0, 6))):
+                peak = (0.003 if k < 1 else 0.0005) * b ** k  # inside the lrs tried
+                rows.append({"trial_id": f"{norm}{b}-{i}", "status": "ok", "norm": norm,
+                             "batch_size": b, "learning_rate": lr, "warmup_epochs": 0.5,
+                             "final_objective": 0.95 - 0.015 * np.log(lr / peak) ** 2})
+    trials = pd.DataFrame(rows)
+    got = lr_by_norm(trials, STUDY, AnalysisSettings()).value.fits
+    got = got[got["parameter"] == "learning_rate"].set_index("norm")["exponent"]
+    for norm, k in (("batch", 0.5), ("layer", 1.0)):
+        alone = lr_scaling(trials[trials["norm"] == norm], "maximize").fits.iloc[0]
+        assert got[norm] == pytest.approx(alone["exponent"]) == pytest.approx(k, abs=1e-6)
+    assert lr_by_norm(trials[trials["norm"] == "batch"], STUDY, AnalysisSettings()).value \
+        is None

@@ -189,6 +189,7 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
     results["lr"] = _run(trials, study, ("batch_size", "learning_rate", "final_objective"),
                          "lr scaling", lr_scaling, trials, d, ci=s.ci, n_boot=s.n_boot,
                          seed=s.seed, statuses=ok)
+    results["lr_by_norm"] = lr_by_norm(trials, study, s)
     results["gap"] = gaps(trials, study, ok)
     results["throughput"] = throughput(trials, s.throughput_statuses)
     objectives = [(column, direction or d) for column, direction in PARETO]
@@ -200,6 +201,16 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
 
 GNS_COLUMNS = ("gns_at_target", "final_gns_probe", "final_gns_simple")
 """The trials table's noise-scale columns, shown per batch size beside the frontier."""
+
+
+def lr_by_norm(trials: pd.DataFrame, study: StudyInfo, s: AnalysisSettings) -> Outcome:
+    """``lr_scaling`` of each normalization on its own (None when the study has one norm:
+    the overall fit is then the whole answer)."""
+    if "norm" not in trials or trials["norm"].nunique() < 2:
+        return Outcome(None)
+    return _run(trials, study, ("batch_size", "learning_rate", "final_objective", "norm"),
+                "lr scaling per norm", lr_scaling, trials, study.direction, by=("norm",),
+                ci=s.ci, n_boot=s.n_boot, seed=s.seed, statuses=s.statuses)
 
 
 def gns_of_best(best: Outcome) -> Outcome:

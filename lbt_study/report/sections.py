@@ -514,6 +514,11 @@ def _lr_points(a: Analyses) -> bool:
     return len(a.value("lr").points) > 0
 
 
+def _lr_norm_fits(a: Analyses) -> pd.DataFrame:
+    fits = a.value("lr_by_norm").fits
+    return fits[fits["parameter"] == "learning_rate"]
+
+
 LR = SectionSpec(
     "Learning rate and warmup against batch size", ("lr",), _lr_intro,
     (TablePart(lambda a: a.value("lr").fits, LR_COLUMNS, csv="lr_scaling"),
@@ -523,6 +528,10 @@ LR = SectionSpec(
                "Fieller's interval; learning_rate is the best trial's, lr_min and lr_max the "
                "range tried. edge: no peak inside the lrs tried, so lr_opt is the best trial's "
                "lr (a bound on the optimum).", csv="lr_scaling_points", when=_lr_points),
+     TablePart(lambda a: _lr_norm_fits(a), ("norm", *LR_COLUMNS),
+               caption="The learning-rate exponent of each normalization on its own (its own "
+               "trials, the same joint fit and bootstrap).", csv="lr_scaling_by_norm",
+               needs="lr_by_norm", when=lambda a: a.value("lr_by_norm") is not None),
      FigurePart("lr_scaling", lambda a: figures.lr_figure(a.value("lr"), "learning_rate",
                                                           "warmup_epochs"),
                 lambda _: "lr_opt per batch size (the vertex of its parabola, with its "
@@ -530,7 +539,10 @@ LR = SectionSpec(
                 "joint fit and the reference rules through the smallest batch size; warmup: "
                 "the best trial's.", _lr_points, _lr_missing)),
     (Csv("lr_scaling", "lr", lambda v: v.fits),
-     Csv("lr_scaling_points", "lr", lambda v: v.points)))
+     Csv("lr_scaling_points", "lr", lambda v: v.points),
+     Csv("lr_scaling_by_norm", "lr_by_norm", lambda v: v.fits, when=lambda v: v is not None),
+     Csv("lr_scaling_points_by_norm", "lr_by_norm", lambda v: v.points,
+         when=lambda v: v is not None)))
 
 
 # ---------------------------------------------------------------------------------------------
