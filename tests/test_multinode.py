@@ -34,7 +34,8 @@ def test_two_worker_trial_runs_on_two_different_nodes(tmp_path, cluster):
 
     study = Study(name="spread", space=space, trials=1,
                   fixed={"model": "mlp", "norm": "sync_batch", "batch_size": 64, "epochs": 1,
-                         "workers": 2, "placement_strategy": "SPREAD"})
+                         "workers": 2, "placement_strategy": "SPREAD",
+                         "gns_probe_examples": 256})
     checked = check_study(study)
     lines = []
     run_study(study, tmp_path, "maximize", max_trial_cpus=checked.max_trial_cpus,

@@ -132,6 +132,8 @@ def assert_told_as_recorded(study, table):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # 55 s; the single-objective SIGKILL test above runs by default, and
+# test_resume_tells_a_recorded_multi_objective_trial_both_values covers both values
 def test_multi_objective_sigkill_between_row_and_optuna_then_resume(tmp_path):
     run_dir = run_then_kill(tmp_path, MULTI_SPEC)
     before, _ = load_results(run_dir)
