@@ -136,13 +136,21 @@ def phase_plans(cfg: TrainConfig) -> dict[int, BatchPlan]:
 
 
 def step_batch_sizes(cfg: TrainConfig, train_examples: int) -> list[int]:
-    """The global batch size of every step: each growth phase covers its share of the
-    example budget (epochs x train_examples) in ceil(share / B_phase) steps."""
-    budget = cfg.epochs * train_examples
+    """The global batch size of every step. Budget ``steps``: each growth phase gets its
+    fraction of ``budget_steps`` updates (boundaries rounded, at least one step each); budget
+    ``epochs`` or ``examples``: each phase covers its share of the example budget (epochs x
+    train_examples, or budget_examples) in ceil(share / B_phase) steps."""
     phases = cfg.growth_phases()
+    ends = [*(frac for frac, _ in phases[1:]), 1.0]
+    if cfg.budget == "steps":
+        total = cfg.budget_steps or 0
+        bounds = [round(frac * total) for frac, _ in phases] + [total]
+        return [cfg.batch_size * mult for i, (_, mult) in enumerate(phases)
+                for _ in range(max(1, bounds[i + 1] - bounds[i]))]
+    budget = (cfg.budget_examples or 0) if cfg.budget == "examples" else \
+        cfg.epochs * train_examples
     sizes: list[int] = []
-    for i, (frac, mult) in enumerate(phases):
-        end = phases[i + 1][0] if i + 1 < len(phases) else 1.0
+    for (frac, mult), end in zip(phases, ends, strict=True):
         batch = cfg.batch_size * mult
         sizes += [batch] * max(1, math.ceil((end - frac) * budget / batch))
     return sizes

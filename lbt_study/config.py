@@ -54,6 +54,12 @@ class TrainConfig(BaseModel):
     the batch size by m_i from fraction f_i of the example budget on (e.g. "0.5:2,0.75:4").
     The micro-batch grows; workers and accumulation stay. A string, so Optuna can search it."""
     epochs: float = Field(default=10.0, gt=0)
+    budget: Literal["epochs", "steps", "examples"] = "epochs"
+    """What every batch size gets the same of: ``epochs`` of examples (steps = ceil(epochs x
+    N / B)), ``budget_steps`` optimizer updates (Hoffer et al. 2017, "train longer, generalize
+    better": the same number of updates at every B), or ``budget_examples`` examples."""
+    budget_steps: int | None = Field(default=None, gt=0)
+    budget_examples: int | None = Field(default=None, gt=0)
     eval_schedule: Literal["geometric", "uniform"] = "geometric"
     """When to evaluate, besides step 0 and the last step. geometric: ``evals_per_doubling``
     evaluations per doubling of the examples seen (spacing at most 2^(1/k) - 1: 19% at k = 4),
@@ -191,12 +197,26 @@ class TrainConfig(BaseModel):
         if self.stop_at_target and self.target is None:
             raise ValueError("stop_at_target needs a target: the workload declares none; "
                              "set Study(target=...)")
-        if self.warmup_epochs >= self.epochs:
+        self._check_budget()
+        if self.budget == "epochs" and self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs {self.warmup_epochs} must be shorter than training "
                 f"(epochs {self.epochs})"
             )
         return self
+
+    def _check_budget(self) -> None:
+        """Each budget has its one setting, and only that one."""
+        needs = {"steps": "budget_steps", "examples": "budget_examples"}.get(self.budget)
+        for name in ("budget_steps", "budget_examples"):
+            value = getattr(self, name)
+            if (value is not None) != (name == needs):
+                wrong = f"needs {name}" if value is None else f"does not use {name} (got {value})"
+                raise ValueError(f"budget {self.budget!r} {wrong}; budgets: epochs (epochs), "
+                                 "steps (budget_steps), examples (budget_examples)")
+        if needs and "epochs" in self.model_fields_set:
+            raise ValueError(f"budget {self.budget!r} is set by {needs}; epochs (got "
+                             f"{self.epochs}) belongs to budget 'epochs'")
 
     def growth_phases(self) -> list[tuple[float, int]]:
         """[(start fraction, batch multiplier)], starting with (0.0, 1)."""

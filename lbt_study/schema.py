@@ -43,6 +43,7 @@ HISTORY_COLUMNS: dict[str, str] = {
                  "fewer than 2 chunks fit in the subset",
     "gns_probe_se": "standard error of gns_probe: delete-one-group jackknife over up to 16 "
                     "groups of the subset",
+    "weight_distance": "||w - w_0||, Euclidean distance of the parameters from initialisation",
     "step_time_median": "median seconds per optimizer step since the previous evaluation",
     "step_time_p90": "90th percentile of the same",
     "peak_memory_bytes": "CUDA max allocated (GPU) or process peak RSS (CPU), so far",

@@ -22,6 +22,7 @@ import pandas as pd
 from lbt_study.analysis._checks import check_fraction, check_positive
 from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
 from lbt_study.analysis.by_target import critical_by_target
+from lbt_study.analysis.diffusion import diffusion_fit
 from lbt_study.analysis.frontier import steps_to_target_frontier
 from lbt_study.analysis.lr import lr_scaling
 from lbt_study.analysis.scaling import (
@@ -191,6 +192,7 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                          seed=s.seed, statuses=ok)
     results["lr_by_norm"] = lr_by_norm(trials, study, s)
     results["gap"] = gaps(trials, study, ok)
+    results["diffusion"] = diffusion(trials, history, ok)
     results["throughput"] = throughput(trials, s.throughput_statuses)
     objectives = [(column, direction or d) for column, direction in PARETO]
     results["pareto"] = _run(trials, study, ("final_objective", "seconds_to_target"),
@@ -211,6 +213,17 @@ def lr_by_norm(trials: pd.DataFrame, study: StudyInfo, s: AnalysisSettings) -> O
     return _run(trials, study, ("batch_size", "learning_rate", "final_objective", "norm"),
                 "lr scaling per norm", lr_scaling, trials, study.direction, by=("norm",),
                 ci=s.ci, n_boot=s.n_boot, seed=s.seed, statuses=s.statuses)
+
+
+def diffusion(trials: pd.DataFrame, history: pd.DataFrame,
+              statuses: tuple[str, ...] = AnalysisSettings.statuses) -> Outcome:
+    """``diffusion_fit`` (an empty table for a history without weight_distance, as older
+    run directories have)."""
+    if trials.empty or "batch_size" not in trials or not {"trial_id", "step",
+                                                         "weight_distance"} <= set(history):
+        return Outcome(pd.DataFrame())
+    return attempt("the distance from initialisation", diffusion_fit, trials, history,
+                   statuses=statuses)
 
 
 def gns_of_best(best: Outcome) -> Outcome:

@@ -572,14 +572,24 @@ def _gap_tables(a: Analyses) -> list[Item]:
                   f"{column}, median over trials", "gap_by_norm") for column in _gap_columns(a)]
 
 
+DIFFUSION_CAPTION = (
+    "Distance from initialisation (Hoffer et al. 2017): ||w - w_0|| = a + b ln(step) fitted to "
+    "each trial's evaluations (step >= 1); per batch size the median, smallest and largest "
+    "slope b, the median R^2 and the median final distance. Their random-walk model predicts "
+    "a line in log steps, and a larger batch ending nearer its start on an epoch budget.")
+
+
 GAP = SectionSpec(
     "Generalization gap against batch size, by normalization", ("gap",), _gap_intro,
     (ItemsPart(_gap_tables),
      FigurePart("gap_by_norm", lambda a: figures.gap_figure(a.value("gap"), _gap_columns(a)),
                 lambda _: "Generalization gap against batch size, the median over trials, "
                 "one line per normalization.", has_values("gap", "gap_median"),
-                none_because("no trial has a gap value", "gap", "norm"))),
-    (Csv("gap_by_norm", "gap"),))
+                none_because("no trial has a gap value", "gap", "norm")),
+     TablePart(lambda a: a.value("diffusion"), caption=DIFFUSION_CAPTION, csv="diffusion",
+               needs="diffusion", when=lambda a: len(a.value("diffusion")) > 0)),
+    (Csv("gap_by_norm", "gap"),
+     Csv("diffusion", "diffusion", when=lambda v: len(v) > 0)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,6 +141,7 @@ class RowBuilder:
         row.update(self.interval.take(p))
         row.update(read_noise_scale(p.noise))
         row.update(read_gradient_noise(p.gns_probe, model, p.schedule.plan_at(step)))
+        row["weight_distance"] = p.weight_distance(model)
         if p.size > 1:
             row["replica_spread"] = replica_spread(p.model, p.device)
         self.state.eval_seconds += time.perf_counter() - t0

@@ -98,6 +98,17 @@ class Parts:
     gns_probe: GradientNoiseProbe | None = None
     """The evaluation-time noise-scale probe (None when ``gns_probe_examples`` is 0)."""
     swa: swa_utils.AveragedModel | None = None
+    initial_params: list[Tensor] = field(default_factory=list, repr=False)
+    """The parameters at initialisation (seeded, so a resumed trial has the same ones), for
+    the distance travelled (``weight_distance``)."""
+
+    def weight_distance(self, model: nn.Module) -> float:
+        """||w - w_0||: the Euclidean distance of the parameters from initialisation (Hoffer
+        et al. 2017 find it grows like log(steps), slower at a larger batch size)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for now, start in zip(model.parameters(), self.initial_params, strict=True):
+            total += (now.detach().double() - start.double()).pow(2).sum()
+        return math.sqrt(total.item())
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Training inputs (in the model's memory format) and targets of ``idx``, on device."""
@@ -130,10 +141,12 @@ def assemble(cfg: TrainConfig, device: torch.device, resume: dict | None = None)
     stream = make_stream(cfg, data.y_train, min(schedule.step_batch), workload.name)
     model = build_model(cfg, workload, device)
     gpu, model, data = place(cfg, device, model, data)
+    initial = [p.detach().clone() for p in model.parameters()]
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the fixed train-evaluation subset
     subset = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
     parts = Parts(cfg, device, rank, size, workload, loss, data, schedule, stream, gpu, model,
                   subset)
+    parts.initial_params = initial
     if resume is None:
         fit_memory(parts)
     else:
