@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lbt_study.config import TrainConfig
@@ -93,6 +94,13 @@ def place_data(data: Data, settings: GpuSettings, device: torch.device) -> Data:
     if settings.pin_memory:
         return Data(*(t.pin_memory() for t in tensors))
     return data
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def gather(x: Tensor, idx: Tensor, device: torch.device) -> Tensor:

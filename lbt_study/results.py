@@ -126,10 +126,9 @@ def at_target(trial_id: str, evals: list[Mapping[str, Any]], target: float | Non
     found = time_to_target(history, target, direction).iloc[0]
     out["reached_target"] = bool(found["reached"])
     out.update({c: found[c] for c in TRIALS_AT_TARGET})
-    # the evaluation that reached the target: an interpolated steps_to_target lies before it
-    reached_at = found.get("eval_step_at_target", math.ceil(found["steps_to_target"])
-                           if math.isfinite(found["steps_to_target"]) else math.nan)
-    out["gns_at_target"] = mean_up_to(evals, "gns_probe", reached_at)
+    # up to the evaluation that reached the target (an interpolated steps_to_target lies
+    # before it); NaN when never reached
+    out["gns_at_target"] = mean_up_to(evals, "gns_probe", found["eval_step_at_target"])
     return out
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from lbt_study.analysis._checks import check_direction, require
 from lbt_study.analysis.frontier import steps_to_target_frontier
 from lbt_study.analysis.scaling import critical_batch_size_bootstrap
+from lbt_study.schema import TRIALS_AT_TARGET
 from lbt_study.targets import time_to_target
 
 COLUMNS = ("target", "n_batch_sizes", "n_reached", "b_crit", "lower", "upper", "s_min",
@@ -24,11 +25,11 @@ COLUMNS = ("target", "n_batch_sizes", "n_reached", "b_crit", "lower", "upper", "
 
 def trials_at(trials: pd.DataFrame, history: pd.DataFrame, target: float,
               direction: str) -> pd.DataFrame:
-    """``trials`` with reached_target and steps/examples/seconds_to_target measured at
-    ``target`` from the history."""
+    """``trials`` with reached_target and the trials table's at-target columns
+    (``TRIALS_AT_TARGET``) measured at ``target`` from the history."""
     found = time_to_target(history, target, direction).rename(columns={"reached":
                                                                         "reached_target"})
-    measured = ["reached_target", "steps_to_target", "examples_to_target", "seconds_to_target"]
+    measured = ["reached_target", *TRIALS_AT_TARGET]
     out = trials.drop(columns=[c for c in measured if c in trials.columns])
     out = out.merge(found[["trial_id", *measured]], on="trial_id", how="left")
     out["reached_target"] = out["reached_target"].fillna(False).astype(bool)

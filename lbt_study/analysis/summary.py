@@ -21,7 +21,7 @@ import pandas as pd
 
 from lbt_study.analysis._checks import check_fraction, check_positive
 from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
-from lbt_study.analysis.by_target import critical_by_target
+from lbt_study.analysis.by_target import critical_by_target, trials_at
 from lbt_study.analysis.diffusion import diffusion_fit
 from lbt_study.analysis.frontier import steps_to_target_frontier
 from lbt_study.analysis.lr import lr_scaling
@@ -31,7 +31,6 @@ from lbt_study.analysis.scaling import (
     critical_batch_size,
     critical_batch_size_bootstrap,
 )
-from lbt_study.analysis.targets import time_to_target
 from lbt_study.analysis.throughput import throughput_frontier
 from lbt_study.schema import STATUSES
 
@@ -470,12 +469,7 @@ def add_targets_from_history(trials: pd.DataFrame, history: pd.DataFrame, study:
     if study.direction is None or not {"trial_id", "step", "examples_seen",
                                        "objective"} <= set(history.columns):
         return trials, ()
-    found = time_to_target(history, study.target, study.direction)
-    found = found.drop(columns=["epoch_to_target", "value_at_target"])
-    found = found.rename(columns={"reached": "reached_target"})
-    out = trials.drop(columns=[c for c in found.columns if c != "trial_id" and c in trials])
-    out = out.merge(found, on="trial_id", how="left")
-    out["reached_target"] = out["reached_target"].fillna(False).astype(bool)
-    return out, ("the trials table has no steps_to_target column (an older lbt-study wrote "
-                 "it): steps, examples and seconds to target were measured from the history "
-                 "with time_to_target, interpolated at the crossing of the target",)
+    note = ("the trials table has no steps_to_target column (an older lbt-study wrote it): "
+            "steps, examples and seconds to target were measured from the history with "
+            "time_to_target, interpolated at the crossing of the target")
+    return trials_at(trials, history, study.target, study.direction), (note,)

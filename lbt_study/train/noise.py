@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lbt_study.batching import BatchPlan, BatchSchedule
 from lbt_study.config import TrainConfig
-from lbt_study.device import gather
+from lbt_study.device import gather, world
 from lbt_study.measure import GnsMeter, MicroBatchGradients, gns_comm_hook, gns_unmeasured
 from lbt_study.norms import GhostBatchNorm, SyncBatchNorm
 from lbt_study.workload import Data
@@ -119,9 +119,10 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def probe_subset(train_examples: int, examples: int, seed: int) -> Tensor:
-    """Indices of the probe's fixed training subset: the first ``examples`` (capped at the
-    training set) of a permutation seeded by ``seed + 2`` (the train-evaluation subset uses
-    ``seed + 1``), the same at every evaluation and on every worker."""
+    """Indices of a fixed training subset for the probe (and precise BN): the first
+    ``examples`` (capped at the training set) of a permutation seeded by ``seed + 2`` (the
+    train-evaluation subset uses ``seed + 1``), the same at every evaluation and on every
+    worker."""
     gen = torch.Generator().manual_seed(seed + 2)
     return torch.randperm(train_examples, generator=gen)[: min(examples, train_examples)]
 
@@ -211,12 +212,6 @@ def probe_unmeasured() -> dict[str, float]:
     return {"gns_probe": math.nan, "gns_probe_se": math.nan}
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class GroupSums:
     """This worker's sums over the gradient samples of the groups it owns: s_k = sum_j h_j
     (float64), sum_j |h_j|^2 and the count; ``reduce`` all-reduces them into
@@ -249,7 +244,7 @@ class GroupSums:
         total = self.vectors.sum(0)
         self.scalars[2, self.owned] = torch.linalg.vecdot(self.vectors, self.vectors)
         packed = torch.cat([total, self.scalars.flatten()])
-        _, size = _world()
+        _, size = world()
         if size > 1:
             dist.all_reduce(packed)
         numel = len(total)
@@ -382,8 +377,8 @@ class GradientNoiseProbe:
         samples = len(self.index) // size
         numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
         groups = max(1, min(self.groups, samples, max(2, GROUP_BYTES // (8 * numel + 8))))
-        rank, world = _world()
-        owned = list(range(rank, groups, world)) if samples >= 2 else []
+        rank, size_of_world = world()
+        owned = list(range(rank, groups, size_of_world)) if samples >= 2 else []
         spans = [range(k * samples // groups, (k + 1) * samples // groups) for k in owned]
         sample_ids = torch.tensor([j for span in spans for j in span], dtype=torch.long)
         rows = torch.tensor([i for i, span in enumerate(spans) for _ in span],

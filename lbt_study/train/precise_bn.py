@@ -20,17 +20,17 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from lbt_study.device import gather
 from lbt_study.norms import GhostBatchNorm, SyncBatchNorm
+from lbt_study.train.noise import BATCH_STATISTIC_MODULES, probe_subset
 from lbt_study.train.setup import Parts
 
 
 def batch_stat_modules(model: nn.Module) -> list[nn.Module]:
     """The modules that normalise with batch statistics and keep running estimates."""
     return [m for m in model.modules()
-            if isinstance(m, _BatchNorm | GhostBatchNorm)
+            if isinstance(m, BATCH_STATISTIC_MODULES)
             and getattr(m, "running_mean", None) is not None]
 
 
@@ -45,10 +45,8 @@ class PreciseBN:
         """None when ``precise_bn`` is off or the model has no batch-statistic norm."""
         if not parts.cfg.precise_bn or not batch_stat_modules(parts.model):
             return None
-        n = len(parts.data.x_train)
-        gen = torch.Generator().manual_seed(parts.cfg.seed + 2)
-        return cls(parts, torch.randperm(n, generator=gen)[: min(parts.cfg.precise_bn_examples,
-                                                                 n)])
+        return cls(parts, probe_subset(len(parts.data.x_train), parts.cfg.precise_bn_examples,
+                                       parts.cfg.seed))
 
     def chunks(self, model: nn.Module, micro: int) -> list[Tensor]:
         """This worker's micro-batches of the subset (all of equal size)."""

@@ -24,7 +24,14 @@ from torch.optim import Optimizer, lr_scheduler, swa_utils
 
 from lbt_study.batching import BatchPlan, BatchSchedule
 from lbt_study.config import TrainConfig
-from lbt_study.device import GpuSettings, data_bytes, gather, gpu_settings, place_data
+from lbt_study.device import (
+    GpuSettings,
+    data_bytes,
+    gather,
+    gpu_settings,
+    place_data,
+    world,
+)
 from lbt_study.errors import UserError
 from lbt_study.measure import device_peak_flops, flops_per_example, restored
 from lbt_study.norms import NormSpec, use_torch_sync_bn
@@ -34,13 +41,6 @@ from lbt_study.train.noise import GradientNoiseProbe, NoiseScaleProbe
 from lbt_study.workload import Data, Workload, cast_inputs, get_workload
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def agreed(flag: bool, device: torch.device) -> bool:
