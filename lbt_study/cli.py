@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from lbt_study import __version__
 from lbt_study.errors import UserError
 from lbt_study.rundir import OPTUNA_DB, SPEC, STUDY_JSON, check_optuna_db, read_study_json
+from lbt_study.storage import claim, connect, recorded, summary_line
 
 EXIT_USAGE = 2
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="configs drawn from the space and checked before starting (default 64)")
     run.add_argument("--no-report", action="store_true",
                      help="do not write the report at the end (lbt-study report does it later)")
+    _storage_flags(run)
 
     resume = sub.add_parser("resume", help="continue a study whose driver died",
                             description="Continue a study from its run directory: finished "
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
     resume.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     resume.add_argument("--no-report", action="store_true", help="do not write the report")
+    _storage_flags(resume)
 
     rep = sub.add_parser("report", help="write report.html, report.md and the analysis CSVs",
                          description="Write the report of a run directory (finished, partial "
@@ -68,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     res = sub.add_parser("results", help="print a summary of a run directory")
     res.add_argument("run_dir", type=Path)
     res.add_argument("--top", type=int, default=10, help="best trials to list (default 10)")
+    res.add_argument("--storage", help="the Optuna storage URL (default: study.json's)")
     return p
+
+
+def _storage_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--storage", help="Optuna storage: postgresql://USER@HOST:PORT/DB, "
+                     "sqlite:///PATH or journal:PATH (default: RUN/optuna.db; on resume, "
+                     "study.json's); password from $LBT_STORAGE_PASSWORD or ~/.pgpass")
+    cmd.add_argument("--log", action="append", metavar="NAME", help="Ray Tune loggers: "
+                     "tensorboard, mlflow, csv (repeat or comma-separate)")
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -102,7 +114,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lbt_study.preflight import check_study
-    from lbt_study.spec import load_spec
+    from lbt_study.spec import check_adaptive, load_spec
 
     _positive("--trials", args.trials)
     check_ray_flags(args)
@@ -110,34 +122,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trials:
         study = study.model_copy(update={"trials": args.trials})
     checked = check_study(study, samples=args.preflight_samples)
+    if study.stop_when is not None:
+        check_adaptive(study, checked.target)
+    store = connect(args.storage or study.storage)  # unreachable: one line, nothing made
+    study = study.model_copy(update={"storage": store.masked if store else None,
+                                     "log": _logs(args.log or study.log)})
     workload = checked.workload
     run_dir = args.run_dir or Path("runs") / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _prepare_run_dir(run_dir)
     direction = workload.objective_direction
+    claim(store, run_dir, [c.study_name for c in study.cells()], direction,
+          study.multi_objective, Path(args.spec).read_text(), new_run=True)
     total = study.total_trials
     target = checked.target
     _write_meta(run_dir, study, args.spec, direction, total, target, workload.objective)
     cells = study.cells()
     shape = f"{total} trials" if len(cells) == 1 else \
         f"{len(cells)} searches x {study.trials} trials = {total} trials"
+    if study.protocol == "branched":
+        shape = f"1 base trial, then {cells[-1].trials} branches (fractions x ks)"
     print(f"lbt-study: study {study.name!r}, workload {workload.name!r}, {shape} "
           f"({study.protocol} protocol, {study.sampler_name} sampler), objective "
           f"val_{workload.objective} ({direction})\nrun directory: {run_dir}", flush=True)
 
-    from lbt_study.runner import run_study  # imports Ray: only once the input is known good
+    if study.stop_when is not None:  # rounds of run_study until B_crit is known well enough
+        from lbt_study.adaptive import run_adaptive as run_study
+    else:
+        from lbt_study.runner import run_study  # imports Ray: only once the input is good
 
     t0 = time.time()
     run_study(study, run_dir, direction, address=args.address,
+              **({"storage": store.url.url} if store else {}),
               num_cpus=args.num_cpus, spec_module=module, max_trial_cpus=checked.max_trial_cpus,
               target=target,
               progress=lambda line: print(line, flush=True),
               announce=lambda line: print(line, flush=True))
     print(f"finished in {time.time() - t0:.0f} s\n")
-    return _finish(run_dir, args.no_report)
+    return _finish(run_dir, args.no_report, store.url.url if store else None)
 
 
-def _finish(run_dir: Path, no_report: bool) -> int:
-    code = cmd_results(argparse.Namespace(run_dir=run_dir, top=10))
+def _finish(run_dir: Path, no_report: bool, storage: str | None = None) -> int:
+    code = cmd_results(argparse.Namespace(run_dir=run_dir, top=10, storage=storage))
     if not no_report:
         cmd_report(argparse.Namespace(run_dir=run_dir, out=None))
     return code
@@ -160,9 +185,29 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = args.run_dir
     meta = read_meta(run_dir)
     study, module = load_spec(run_dir / SPEC)
+    if study.protocol == "branched":
+        raise UserError(f"{run_dir}: resume does not continue a branched study (protocol="
+                        "'branched'); its tables and branch states stay: start a new run")
     study = study.model_copy(update={"trials": meta.get("trials_per_search", meta["trials"])})
     checked = check_study(study)
-    state = reconcile(run_dir, study.cells())
+    store = connect(recorded(meta, args.storage))
+    study = study.model_copy(update={"log": _logs(args.log or meta.get("log"))})
+    if study.stop_when is not None:  # continue the rounds (lbt_study.adaptive)
+        from lbt_study.adaptive import run_adaptive
+
+        print(f"lbt-study: resuming adaptive study {meta['name']!r} in {run_dir}", flush=True)
+        run_adaptive(study, run_dir, meta["objective_direction"], address=args.address,
+                     num_cpus=args.num_cpus, spec_module=module, fresh=False,
+                     max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
+                     storage=store.url.url if store else None,
+                     progress=lambda line: print(line, flush=True),
+                     announce=lambda line: print(line, flush=True))
+        return _finish(run_dir, args.no_report, store.url.url if store else None)
+    if store is not None:  # another spec's study of this name is refused before any change
+        claim(store, run_dir, [c.study_name for c in study.cells()],
+              meta["objective_direction"], study.multi_objective,
+              (run_dir / SPEC).read_text(), new_run=False)
+    state = reconcile(run_dir, study.cells(), store.handle if store else None)
     print(f"lbt-study: resuming {meta['name']!r} in {run_dir}: {state.finished} of "
           f"{meta['trials']} trials finished, {state.interrupted} interrupted (will be "
           f"replaced), {state.to_run} to run", flush=True)
@@ -172,9 +217,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         run_study(study, run_dir, meta["objective_direction"], remaining=state.remaining,
                   address=args.address, num_cpus=args.num_cpus, spec_module=module,
                   max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
+                  storage=store.url.url if store else None,
                   progress=lambda line: print(line, flush=True),
                   announce=lambda line: print(line, flush=True))
-    return _finish(run_dir, args.no_report)
+    return _finish(run_dir, args.no_report, store.url.url if store else None)
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -199,6 +245,9 @@ def _write_meta(run_dir: Path, study: Any, spec: str, direction: str, total: int
             "objective_direction": direction, "target": target,
             "targets": sorted({*([target] if target is not None else []), *study.targets}),
             "asha": study.asha.model_dump() if study.asha else None,
+            "branched": study.branched.model_dump() if study.branched else None,
+            "budgets": study.budgets,
+            "storage": study.storage, "log": study.log,
             "lbt_study_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / STUDY_JSON).write_text(json.dumps(meta, indent=2, default=str))
     (run_dir / SPEC).write_text(Path(spec).read_text())
@@ -214,7 +263,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise UserError(f"run directory not found: {run_dir}")
     trials, history = load_results(run_dir)
     meta = read_study_json(run_dir) or {}
-    _check_database(run_dir)
+    _check_database(run_dir, meta, getattr(args, "storage", None))
     ascending = meta.get("objective_direction") == "minimize"
     counts = trials["status"].value_counts().to_dict()
     print(f"{len(trials)} trials ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
@@ -230,10 +279,20 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_database(run_dir: Path) -> None:
+def _logs(values: list[str] | None) -> list[str]:
+    from lbt_study.integrations import check_logs  # imports Ray
+
+    return check_logs(values) if values else []
+
+
+def _check_database(run_dir: Path, meta: dict[str, Any], given: str | None) -> None:
     """A damaged Optuna database is reported, not summarised around: the study could not be
-    resumed from it. (A run directory of tables alone, without one, is fine.)"""
-    if (run_dir / OPTUNA_DB).exists():
+    resumed from it. (A run directory of tables alone, without one, is fine.) A storage
+    elsewhere (study.json's, or ``given``) is opened and its trials counted."""
+    if recorded(meta, given):
+        store = connect(recorded(meta, given))
+        print(summary_line(store, list(meta.get("searches") or [meta.get("name")])))
+    elif (run_dir / OPTUNA_DB).exists():
         try:
             check_optuna_db(run_dir)
         except UserError as exc:

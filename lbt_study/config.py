@@ -54,12 +54,16 @@ class TrainConfig(BaseModel):
     the batch size by m_i from fraction f_i of the example budget on (e.g. "0.5:2,0.75:4").
     The micro-batch grows; workers and accumulation stay. A string, so Optuna can search it."""
     epochs: float = Field(default=10.0, gt=0)
-    budget: Literal["epochs", "steps", "examples"] = "epochs"
+    budget: Literal["epochs", "steps", "examples", "seconds"] = "epochs"
     """What every batch size gets the same of: ``epochs`` of examples (steps = ceil(epochs x
     N / B)), ``budget_steps`` optimizer updates (Hoffer et al. 2017, "train longer, generalize
-    better": the same number of updates at every B), or ``budget_examples`` examples."""
+    better": the same number of updates at every B), ``budget_examples`` examples, or
+    ``budget_seconds`` seconds of training (wall clock, evaluations excluded: time to target
+    on a fixed budget; the steps and the learning-rate schedule are laid out over ``epochs``,
+    the most it may train, and training ends when the seconds are spent)."""
     budget_steps: int | None = Field(default=None, gt=0)
     budget_examples: int | None = Field(default=None, gt=0)
+    budget_seconds: float | None = Field(default=None, gt=0)
     eval_schedule: Literal["geometric", "uniform"] = "geometric"
     """When to evaluate, besides step 0 and the last step. geometric: ``evals_per_doubling``
     evaluations per doubling of the examples seen (spacing at most 2^(1/k) - 1: 19% at k = 4),
@@ -164,6 +168,14 @@ class TrainConfig(BaseModel):
     """Build every global batch with a fixed share of each class, proportional to its
     frequency, at least one example of each (integer class labels; B at least the number of
     classes; the exact rule: lbt_study.train.stratified_shares)."""
+    save_states_at: str = ""
+    """Branched critical batch size (Merrill et al. 2025): fractions of the examples budget,
+    e.g. "0.1,0.25,0.5", at whose nearest step rank 0 saves the model and optimizer state to
+    ``states_dir``/f=<fraction>.pt (``lbt_study.train.branching``). A string: scalar cells."""
+    states_dir: str | None = None
+    init_state: str | None = None
+    """Start from this saved state (model weights and optimizer state, momentum included)
+    instead of the initialisation; the learning rate and its schedule are this config's."""
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +200,7 @@ class TrainConfig(BaseModel):
                 f"give exactly one of lr or base_lr, got lr={self.lr}, base_lr={self.base_lr}"
             )
         self.growth_phases()  # raises on a malformed schedule
+        self.state_fractions()  # raises on malformed fractions
         if self.precision == "bf16" and self.dtype != "float32":
             raise ValueError(f"precision 'bf16' needs dtype float32, got dtype {self.dtype!r}")
         if self.eval_schedule == "geometric" and self.eval_every_examples is not None:
@@ -198,7 +211,7 @@ class TrainConfig(BaseModel):
             raise ValueError("stop_at_target needs a target: the workload declares none; "
                              "set Study(target=...)")
         self._check_budget()
-        if self.budget == "epochs" and self.warmup_epochs >= self.epochs:
+        if self.budget in ("epochs", "seconds") and self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs {self.warmup_epochs} must be shorter than training "
                 f"(epochs {self.epochs})"
@@ -207,16 +220,30 @@ class TrainConfig(BaseModel):
 
     def _check_budget(self) -> None:
         """Each budget has its one setting, and only that one."""
-        needs = {"steps": "budget_steps", "examples": "budget_examples"}.get(self.budget)
-        for name in ("budget_steps", "budget_examples"):
+        needs = {"steps": "budget_steps", "examples": "budget_examples",
+                 "seconds": "budget_seconds"}.get(self.budget)
+        for name in ("budget_steps", "budget_examples", "budget_seconds"):
             value = getattr(self, name)
             if (value is not None) != (name == needs):
                 wrong = f"needs {name}" if value is None else f"does not use {name} (got {value})"
                 raise ValueError(f"budget {self.budget!r} {wrong}; budgets: epochs (epochs), "
-                                 "steps (budget_steps), examples (budget_examples)")
-        if needs and "epochs" in self.model_fields_set:
+                                 "steps (budget_steps), examples (budget_examples), seconds "
+                                 "(budget_seconds, with epochs as the most it may train)")
+        if needs in ("budget_steps", "budget_examples") and "epochs" in self.model_fields_set:
             raise ValueError(f"budget {self.budget!r} is set by {needs}; epochs (got "
                              f"{self.epochs}) belongs to budget 'epochs'")
+
+    def state_fractions(self) -> list[float]:
+        """``save_states_at`` as increasing fractions in (0, 1); it needs ``states_dir``."""
+        try:
+            fractions = [float(p) for p in self.save_states_at.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(f"save_states_at {self.save_states_at!r} is not comma-separated "
+                             "fractions, e.g. '0.1,0.5'") from None
+        if any(not 0 < f < 1 for f in fractions) or fractions != sorted(set(fractions)):
+            raise ValueError(f"save_states_at {self.save_states_at!r}: fractions must "
+                             "increase within (0, 1)")
+        return fractions
 
     def growth_phases(self) -> list[tuple[float, int]]:
         """[(start fraction, batch multiplier)], starting with (0.0, 1)."""

@@ -33,6 +33,7 @@ from lbt_study.rundir import (
     read_table,
 )
 from lbt_study.spec import Cell
+from lbt_study.storage import study_names
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     missing = [k for k in ("name", "trials", "objective_direction") if k not in meta]
     if missing or not isinstance(meta.get("trials"), int):
         raise UserError(f"{path} is corrupted: missing or invalid {missing or ['trials']}")
-    for name in (SPEC, OPTUNA_DB):
+    for name in (SPEC, *([] if meta.get("storage") else [OPTUNA_DB])):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} is corrupted: {name} is missing")
     return meta
@@ -74,18 +75,20 @@ def finished_trials(run_dir: Path) -> pd.DataFrame:
     return trials
 
 
-def check_run_dir(run_dir: Path) -> tuple[pd.DataFrame, set[str]]:
+def check_run_dir(run_dir: Path, storage: Any = None) -> tuple[pd.DataFrame, set[str]]:
     """(trials table, Optuna study names), read without changing anything: a damaged table
-    or database is a ``UserError`` before resume settles a single trial or starts Ray."""
+    or database is a ``UserError`` before resume settles a single trial or starts Ray.
+    ``storage``: an opened Optuna storage (lbt_study.storage), else the run's SQLite."""
     table = finished_trials(run_dir)
-    return table, set(check_optuna_db(run_dir))
+    return table, set(check_optuna_db(run_dir) if storage is None else study_names(storage))
 
 
-def reconcile(run_dir: Path, cells: list[Cell]) -> ResumeState:
+def reconcile(run_dir: Path, cells: list[Cell], storage: Any = None) -> ResumeState:
     """Settle the Optuna trials the dead driver left RUNNING in every cell's study; count
-    what remains to run in each."""
-    table, names = check_run_dir(run_dir)
-    storage = optuna.storages.RDBStorage(optuna_url(run_dir))
+    what remains to run in each. ``storage``: as for ``check_run_dir``."""
+    table, names = check_run_dir(run_dir, storage)
+    if storage is None:
+        storage = optuna.storages.RDBStorage(optuna_url(run_dir))
     remaining, interrupted = {}, 0
     for cell in cells:
         rows = _rows_of(table, cell, single=len(cells) == 1)

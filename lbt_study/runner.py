@@ -48,12 +48,14 @@ from ray.tune.integration.ray_train import TuneReportCallback  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
+from lbt_study.branches import branch_columns, plan_cell, skipped_line  # noqa: E402
 from lbt_study.config import TrainConfig, parse_config  # noqa: E402
 from lbt_study.errors import UserError, one_line  # noqa: E402
+from lbt_study.integrations import make_loggers  # noqa: E402
 from lbt_study.outcomes import optuna_outcome  # noqa: E402
 from lbt_study.results import ResultsWriter, trial_record  # noqa: E402
 from lbt_study.rowlog import RowLog, read_rows  # noqa: E402
-from lbt_study.rundir import RAY_DIR, optuna_url, trial_rows_path  # noqa: E402
+from lbt_study.rundir import RAY_DIR, trial_rows_path  # noqa: E402
 from lbt_study.spec import (  # noqa: E402
     CONFIG_KEY,
     Cell,
@@ -62,6 +64,7 @@ from lbt_study.spec import (  # noqa: E402
     space_values,
     suggest,
 )
+from lbt_study.storage import open_storage, resolve  # noqa: E402
 from lbt_study.train import Cadence, Row, run_training  # noqa: E402
 
 # With Tune's loggers off, its ResultGrid warns at the end of every run that it found no
@@ -481,6 +484,7 @@ class ResultsCallback(tune.Callback):
         number = self.search.optuna_number(tid) if self.search is not None else None
         rec = {**trial_record(tid, values, rows, wall, number, self.direction, message,
                               self.target), "optuna_study": self.cell_name,
+               **branch_columns(trial.config),
                "started_at": self.started.get(tid, math.nan), "finished_at": time.time()}
         self.writer.add_trial(rec)
         self.records[tid] = rec
@@ -542,6 +546,16 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
     return SLOT in ray.cluster_resources()
 
 
+def ray_running() -> bool:
+    """Whether this process has started or joined Ray (``start_ray``)."""
+    return ray.is_initialized()
+
+
+def stop_ray() -> None:
+    """Leave the Ray that ``start_ray`` started or joined (a local one shuts down)."""
+    ray.shutdown()
+
+
 def concurrency(requested: int | None, max_trial_cpus: int, slots: bool) -> int | None:
     """How many trials may run at once: the requested limit, else one per CPU.
 
@@ -562,10 +576,11 @@ def concurrency(requested: int | None, max_trial_cpus: int, slots: bool) -> int 
 
 
 def make_search(study: Study, cell: Cell, run_dir: Path, direction: str,
-                enqueue: bool = True) -> StudySearch:
-    """OptunaSearch on the cell's study in the run's SQLite database (created, or loaded when
-    it exists); the initial points are enqueued only when the study is new."""
-    storage = optuna.storages.RDBStorage(optuna_url(run_dir))
+                enqueue: bool = True, storage_url: str | None = None) -> StudySearch:
+    """OptunaSearch on the cell's study in ``storage_url`` (default: the run's SQLite;
+    lbt_study.storage), created or loaded when it exists; the initial points are enqueued
+    only when the study is new."""
+    storage = open_storage(resolve(storage_url, run_dir))
     mode = "max" if direction == "maximize" else "min"
     search = StudySearch(
         space=SpaceOf(study, cell),
@@ -600,7 +615,7 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
               num_cpus: int | None = None, spec_module: ModuleType | None = None,
               max_trial_cpus: int = 1, target: float | None = None,
               progress: Progress = print,
-              announce: Progress | None = None) -> ResultsWriter:
+              announce: Progress | None = None, storage: str | None = None) -> ResultsWriter:
     """Run every cell of the study to completion; return the writer holding both tables.
 
     ``progress`` gets a line per finished trial and a heartbeat; ``announce``, if given, the
@@ -610,6 +625,7 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
     ``max_trial_cpus`` is the largest trial (workers x cpus_per_worker) the space gives; see
     ``concurrency``. ``remaining`` (resume) maps cell study names to the trials still to run;
     they are appended to the tables already in ``run_dir`` (see lbt_study.resume).
+    ``storage``: the Optuna storage URL, password included (None: the run's SQLite).
     """
     run_dir = Path(run_dir).resolve()
     resume = remaining is not None
@@ -627,10 +643,15 @@ def run_study(study: Study, run_dir: Path, direction: str, *,
         limit = concurrency(study.max_concurrent_trials, max_trial_cpus, slots)
         t0, done = time.time(), len(writer.trials)
         for cell, n in todo:
-            if n > 0:
-                search = make_search(study, cell, run_dir, direction, enqueue=not resume)
+            planned = plan_cell(study, cell, run_dir, writer.trials)  # branched: base, branches
+            if planned is None:
+                progress(skipped_line(study, writer.trials))
+            elif n > 0:
+                cell_study, cell = planned
+                search = make_search(cell_study, cell, run_dir, direction, enqueue=not resume,
+                                     storage_url=storage)
                 callback.use(search, cell.study_name)
-                _tune(study, search, callback, n, limit, run_dir, slots)
+                _tune(cell_study, search, callback, n, limit, run_dir, slots)
         writer.flush()
         if announce is not None:
             cpus = float(ray.cluster_resources().get("CPU", 0.0))
@@ -667,7 +688,8 @@ def _tune(study: Study, search: StudySearch, callback: ResultsCallback, trials: 
         tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials,
                                     max_concurrent_trials=limit, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=[callback], verbose=0,
+            name=name, storage_path=storage, verbose=0,
+            callbacks=[callback, *make_loggers(study.log, run_dir, study.name)],
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),

@@ -140,6 +140,10 @@ TRIAL_RESULT_COLUMNS: dict[str, str] = {
     "hybrid_alpha": "mean learnt batch-vs-layer mix of hybrid norm layers (NaN if none)",
     "swa": "whether the final evaluation is of SWA-averaged weights",
     "worker_nodes": "Ray node id of each worker in rank order (as the workers reported)",
+    "branch_of": "branched protocol: the base trial a branch starts from (empty otherwise)",
+    "branch_fraction": "branched protocol: the fraction of the base run's budget at which the "
+                       "branch starts (NaN otherwise)",
+    "branch_k": "branched protocol: the branch's batch size over the base's (NaN otherwise)",
     "stopped_at_target": "whether the trial ended at its target (stop_at_target) before its "
                          "budget",
     "target": "the objective threshold for time-to-target (the workload's, or the study's)",

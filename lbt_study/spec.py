@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lbt_study.config import TrainConfig, did_you_mean, validation_line
 from lbt_study.errors import UserError
+from lbt_study.storage import parse_storage
 
 SpaceFn = Callable[[Any], dict[str, Any] | None]
 
@@ -50,6 +51,66 @@ class Asha(BaseModel):
             raise ValueError(
                 f"grace_examples {self.grace_examples} exceeds max_examples {self.max_examples}"
             )
+        return self
+
+
+class StopWhen(BaseModel):
+    """An adaptive per-batch-size study (``Study(stop_when=...)``, lbt_study.adaptive): after
+    round 0 (``Study.trials`` trials at every batch size) it adds ``round_trials`` trials per
+    round, where they narrow B_crit's interval most (lbt_study.analysis.adaptive), until the
+    interval's (hi - lo) / estimate <= ``b_crit_rel_width`` (and the LR exponent's interval
+    width <= ``lr_exponent_width``, if given) with every batch size at ``min_trials`` or more,
+    or ``max_trials`` trials are spent. No batch size gets more than ``max_trials_ratio``
+    times the trials of the least-tried one (a minimum over more trials is lower: uneven
+    counts bias B_crit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    b_crit_rel_width: float = Field(gt=0)
+    max_trials: int = Field(gt=0)
+    lr_exponent_width: float | None = Field(default=None, gt=0)
+    round_trials: int | None = Field(default=None, gt=0)
+    """Trials added per round (default: one per batch size)."""
+    min_trials: int = Field(default=3, ge=2)
+    max_trials_ratio: float = Field(default=2.0, ge=1.0)
+
+
+class Branched(BaseModel):
+    """The branched critical batch size (Merrill et al. 2025, ``protocol="branched"``): one
+    base run at ``base_batch_size`` B0 saves its state at ``fractions`` of its budget; from
+    each, a branch per k in ``ks`` trains ``branch_examples`` examples at k x B0 with a
+    constant learning rate (the base's at the checkpoint x k "linear", x sqrt(k) "sqrt", or
+    x 1 "none"); the CBS at a checkpoint is the largest k x B0 whose smoothed training loss
+    ends within ``epsilon`` of the k = 1 branch's (relative). ``ema``: the smoothing factor
+    over a branch's evaluations, which come every branch_examples / ``branch_evals`` examples
+    (the same examples apart at every k), of each interval's mean minibatch loss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    base_batch_size: int = Field(gt=0)
+    fractions: list[float] = Field(min_length=1)
+    ks: list[int] = Field(min_length=2)
+    lr_rule: Literal["linear", "sqrt", "none"]
+    branch_examples: int = Field(gt=0)
+    epsilon: float = Field(default=0.05, gt=0)
+    ema: float = Field(default=0.5, ge=0, lt=1)
+    branch_evals: int = Field(default=10, ge=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> Branched:
+        if any(not 0 < f < 1 for f in self.fractions) or \
+                self.fractions != sorted(set(self.fractions)):
+            raise ValueError(f"fractions must increase within (0, 1), got {self.fractions}")
+        if self.ks[0] != 1 or self.ks != sorted(set(self.ks)):
+            raise ValueError(f"ks must increase from 1, got {self.ks}")
+        largest, every = self.ks[-1] * self.base_batch_size, \
+            self.branch_examples // self.branch_evals
+        if largest > every:
+            raise ValueError(
+                f"branch_examples {self.branch_examples} / branch_evals {self.branch_evals} = "
+                f"{every} examples between evaluations is less than one step of the largest "
+                f"branch ({self.ks[-1]} x {self.base_batch_size} = {largest}): raise "
+                "branch_examples or lower ks or branch_evals")
         return self
 
 
@@ -75,13 +136,18 @@ class Study(BaseModel):
     targets: list[float] = Field(default_factory=list)
     """More thresholds at which the report also measures the frontier and the critical batch
     size from the history (B_crit as a function of the target), besides ``target``."""
-    protocol: Literal["joint", "per_batch_size"] = "joint"
+    protocol: Literal["joint", "per_batch_size", "branched"] = "joint"
     """joint: one search over everything (batch size included), TPE by default.
     per_batch_size (Shallue et al. 2018): every batch size in ``batch_sizes`` (and every norm
     in ``norms``, if given) gets ``trials`` trials of its own search over the rest,
     quasi-random (Optuna's QMC sampler) by default, so every frontier point is tuned alike."""
     batch_sizes: list[int] = Field(default_factory=list)
     norms: list[str] = Field(default_factory=list)
+    budgets: list[dict[str, Any]] = Field(default_factory=list)
+    """per_batch_size only: the budgets every batch size (and norm) is run under, each its
+    ``budget`` with its own setting, e.g. ``[{"budget": "epochs", "epochs": 8},
+    {"budget": "steps", "budget_steps": 400}]`` (Hoffer et al. 2017: a steps budget gives every
+    batch size the same number of updates); the report compares their gaps."""
     sampler: Literal["tpe", "qmc", "random"] | None = None
     """None: tpe for the joint protocol, qmc for per_batch_size."""
     multi_objective: bool = False
@@ -95,6 +161,18 @@ class Study(BaseModel):
     """Parameter values (by Optuna parameter name) to try first, e.g. one per normalization;
     enqueued in the Optuna study, then the sampler takes over."""
     description: str = ""
+    storage: str | None = None
+    """Where the Optuna studies live (lbt_study.storage): an Optuna storage URL
+    (``postgresql://USER@HOST:PORT/DB``, ``sqlite:///PATH``) or ``journal:PATH``; None: SQLite
+    in the run directory. ``lbt-study run --storage`` overrides it."""
+    log: list[Literal["tensorboard", "mlflow", "csv"]] = Field(default_factory=list)
+    """Ray Tune's own loggers to switch on, every evaluation at its examples seen
+    (lbt_study.integrations); ``--log`` overrides it."""
+    stop_when: StopWhen | None = None
+    """Adaptive rounds until B_crit's interval is narrow enough (per_batch_size only; ``trials``
+    is then round 0's trials per batch size): see ``StopWhen``."""
+    branched: Branched | None = None
+    """protocol="branched": the base run and its branches (see ``Branched``)."""
 
     @model_validator(mode="after")
     def _check(self) -> Study:
@@ -114,27 +192,54 @@ class Study(BaseModel):
             if taken:
                 raise ValueError(f"protocol 'per_batch_size' sets {taken} itself; "
                                  "remove them from fixed")
-        elif self.batch_sizes or self.norms:
-            raise ValueError("batch_sizes and norms belong to protocol='per_batch_size'")
+        elif self.batch_sizes or self.norms or self.budgets:
+            raise ValueError("batch_sizes, norms and budgets belong to "
+                             "protocol='per_batch_size'")
+        self._check_budgets()
         if self.multi_objective and self.asha is not None:
             raise ValueError("ASHA needs a single objective: drop asha or multi_objective")
+        if self.storage is not None:
+            parse_storage(self.storage)
+        if self.protocol == "branched" or self.branched is not None:
+            check_branched(self)
+        if self.stop_when is not None:
+            check_stop_when(self)
         return self
+
+    def _check_budgets(self) -> None:
+        """Each budget names itself and sets only budget settings; fixed then sets none."""
+        allowed = {"budget", *BUDGET_SETTINGS}
+        for budget in self.budgets:
+            extra = sorted(set(budget) - allowed)
+            if "budget" not in budget or extra:
+                raise ValueError(f"each of budgets names its 'budget' and sets only "
+                                 f"{sorted(BUDGET_SETTINGS)}; got {budget}")
+        names = [b["budget"] for b in self.budgets]
+        if len(set(names)) < len(names):
+            raise ValueError(f"budgets repeats a budget: {names}")
+        taken = sorted(allowed & set(self.fixed)) if self.budgets else []
+        if taken:
+            raise ValueError(f"budgets sets {taken} for every trial; remove them from fixed")
 
     def cells(self) -> list[Cell]:
         """The searches the study runs: one for the joint protocol, one per batch size (and
         norm) for per_batch_size, each with its own Optuna study in the run's database."""
         if self.protocol == "joint":
             return [Cell(self.name, {}, self.trials)]
+        if self.protocol == "branched" and self.branched is not None:
+            return branched_cells(self.name, self.branched)
         norms: list[str | None] = list(self.norms) or [None]
+        budgets: list[dict[str, Any]] = list(self.budgets) or [{}]
         return [
-            Cell(f"{self.name}/B={b}" + (f"/norm={n}" if n else ""),
-                 {"batch_size": b, **({"norm": n} if n else {})}, self.trials)
-            for b in self.batch_sizes for n in norms
+            Cell(f"{self.name}/B={b}" + (f"/norm={n}" if n else "")
+                 + (f"/budget={u['budget']}" if u else ""),
+                 {"batch_size": b, **({"norm": n} if n else {}), **u}, self.trials)
+            for b in self.batch_sizes for n in norms for u in budgets
         ]
 
     @property
     def sampler_name(self) -> str:
-        return self.sampler or ("tpe" if self.protocol == "joint" else "qmc")
+        return self.sampler or ("qmc" if self.protocol == "per_batch_size" else "tpe")
 
     @property
     def total_trials(self) -> int:
@@ -150,6 +255,70 @@ class Study(BaseModel):
         (``target``: this study's or its workload's), as plain picklable values."""
         return {**self.fixed, "workload": self.workload,
                 **({"target": target} if target is not None else {})}
+
+
+BUDGET_SETTINGS = ("epochs", "budget_steps", "budget_examples", "budget_seconds")
+"""The settings of a budget (``TrainConfig.budget``); ``epochs`` also caps a seconds budget."""
+
+
+def check_stop_when(study: Study) -> None:
+    """``stop_when`` needs the per-batch-size protocol over batch sizes alone, at least 3
+    batch sizes (the fit needs 3 points) and a budget that round 0 fits in."""
+    if study.protocol != "per_batch_size" or study.norms:
+        raise ValueError(f"stop_when needs protocol='per_batch_size' without norms, got "
+                         f"protocol={study.protocol!r}, norms={list(study.norms)}")
+    if len(set(study.batch_sizes)) < 3:
+        raise ValueError(f"stop_when needs at least 3 batch sizes (B_crit is fitted to 3 or "
+                         f"more points), got {list(study.batch_sizes)}")
+    first = study.trials * len(study.batch_sizes)
+    if study.stop_when is not None and study.stop_when.max_trials < first:
+        raise ValueError(f"stop_when.max_trials {study.stop_when.max_trials} is below round "
+                         f"0's {study.trials} trials x {len(study.batch_sizes)} batch sizes = "
+                         f"{first}")
+
+
+BRANCH_SETS = ("batch_size", "save_states_at", "states_dir", "init_state")
+
+
+def check_branched(study: Study) -> None:
+    """A branched study has its settings, one base run, and leaves the base batch size and
+    the branch states to the protocol."""
+    b = study.branched
+    if b is None or study.protocol != "branched":
+        raise ValueError("protocol='branched' and branched=Branched(...) go together")
+    if "trials" in study.model_fields_set and study.trials != 1:
+        raise ValueError(f"a branched study runs one base trial (trials=1), got trials="
+                         f"{study.trials}; the branches are fractions x ks")
+    taken = sorted(set(BRANCH_SETS) & set(study.fixed))
+    if taken:
+        raise ValueError(f"protocol 'branched' sets {taken} itself; remove them from fixed")
+    if study.asha is not None or study.multi_objective or study.stop_when is not None:
+        raise ValueError("protocol 'branched' takes no asha, multi_objective or stop_when")
+
+
+def branched_cells(name: str, b: Branched) -> list[Cell]:
+    """NAME/base (one trial at B0, saving states) and NAME/branches (fractions x ks; the
+    runner gives each its config: lbt_study.branches; preflight checks the largest batch)."""
+    fractions = ",".join(f"{f:g}" for f in b.fractions)
+    return [Cell(f"{name}/base", {"batch_size": b.base_batch_size, "save_states_at": fractions},
+                 1),
+            Cell(f"{name}/branches", {"batch_size": b.ks[-1] * b.base_batch_size},
+                 len(b.fractions) * len(b.ks))]
+
+
+def check_adaptive(study: Study, target: float | None) -> StopWhen:
+    """The study's stop rule, checked again as a ``UserError`` (``--trials`` copies the study
+    without validating it); B_crit comes from steps to target, so a target is needed."""
+    if study.stop_when is None:
+        raise UserError("an adaptive run needs a study with stop_when=StopWhen(...)")
+    try:
+        check_stop_when(study)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if target is None:
+        raise UserError("stop_when needs a target (Study(target=...) or the workload's): "
+                        "B_crit comes from steps to target")
+    return study.stop_when
 
 
 CONFIG_KEY = "lbt_config"

@@ -295,3 +295,23 @@ def test_lr_by_norm_is_each_norms_own_fit_and_absent_with_one_norm():
         assert got[norm] == pytest.approx(alone["exponent"]) == pytest.approx(k, abs=1e-6)
     assert lr_by_norm(trials[trials["norm"] == "batch"], STUDY, AnalysisSettings()).value \
         is None
+
+
+def test_a_trial_asha_pruned_after_the_target_counts_on_the_frontier_not_in_the_best():
+    """ASHA stops a trial at a rung, after it may have reached the target: its steps to
+    target are a measurement (the frontier counts it), its final objective is not (the best
+    trial and the LR fit leave it out)."""
+    faster = TRIALS.iloc[[1]].assign(trial_id="p64", status="pruned", steps_to_target=240.0,
+                                     examples_to_target=240.0 * 64, final_objective=0.99)
+    never = TRIALS.iloc[[2]].assign(trial_id="q128", status="pruned", reached_target=False,
+                                    steps_to_target=NAN, examples_to_target=NAN)
+    a = analyze(pd.concat([TRIALS, faster, never], ignore_index=True), HISTORY, STUDY)
+    frontier = a.value("steps").set_index("batch_size")
+    assert frontier.loc[64, "steps"] == 240.0 and frontier.loc[64, "trial_id"] == "p64"
+    assert frontier.loc[128, "steps"] == 200.0  # the pruned trial that never reached: inf
+    assert frontier.loc[128, "n_trials"] == 2
+    best = a.value("best").set_index("batch_size")
+    assert best.loc[64, "trial_id"] == "t64"  # 0.99 at a rung does not win
+    ok_only = analyze(pd.concat([TRIALS, faster], ignore_index=True), HISTORY, STUDY,
+                      settings=AnalysisSettings(frontier_statuses=("ok",)))
+    assert ok_only.value("steps").set_index("batch_size").loc[64, "steps"] == 300.0

@@ -174,7 +174,8 @@ def test_failed_study_gives_reasons_and_no_figures(tmp_path):
     assert IMG not in page and paths.figures == {}
     assert "RuntimeError: boom" in page
     assert html.escape("none of the 2 trials here has status in ('ok',)") in page
-    assert "no trial with status in (&#x27;ok&#x27;,) (of 2 here)" in page
+    # the frontier counts ok and ASHA-pruned trials (AnalysisSettings.frontier_statuses)
+    assert "no trial with status in (&#x27;ok&#x27;, &#x27;pruned&#x27;) (of 2 here)" in page
     assert "no trial competed" in page and "Not computed" in page
     assert csv(paths, "status_counts").set_index("status")["trials"]["failed"] == 4
 

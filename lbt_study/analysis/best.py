@@ -81,8 +81,10 @@ def gap_by_norm(
     batch_col: str = "batch_size",
     norm_col: str = "norm",
     statuses: Sequence[str] | None = ("ok",),
+    within: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """The generalization gap against batch size, for each normalization.
+    """The generalization gap against batch size, for each normalization (and each value of
+    the columns ``within``, e.g. ``("budget",)`` when a study ran several budgets).
 
     Returns one row per (norm, batch size) in ``trials``, sorted by both. Columns: norm,
     batch_size (named by ``norm_col``, ``batch_col``), ``trial_id`` and ``gap_of_best`` (the
@@ -93,7 +95,7 @@ def gap_by_norm(
     table's: train - validation accuracy, validation - train loss (Keskar et al. 2017;
     Hoffer et al. 2017 study how it moves with batch size and normalization).
     """
-    by = [norm_col, batch_col]
+    by = [norm_col, *within, batch_col]
     best = best_per_batch_size(trials, direction, by=by, metric=metric, statuses=statuses)
     require(trials, [gap_col, "trial_id"], "gap_by_norm")
     pool = eligible(trials, statuses, "gap_by_norm")

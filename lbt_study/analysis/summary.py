@@ -20,7 +20,10 @@ from typing import Any
 import pandas as pd
 
 from lbt_study.analysis._checks import check_fraction, check_positive
+from lbt_study.analysis.adaptive import NOT_ADAPTIVE, adaptive_summary
 from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
+from lbt_study.analysis.branched import cbs_over_training
+from lbt_study.analysis.budgets import budgets_run, budgets_used, large_batch_gap
 from lbt_study.analysis.by_target import critical_by_target, trials_at
 from lbt_study.analysis.diffusion import diffusion_fit
 from lbt_study.analysis.frontier import steps_to_target_frontier
@@ -55,8 +58,11 @@ class AnalysisSettings:
     Zhang et al. (2024)'s critical batch size is where steps exceed perfect scaling by this
     fraction. perfect_tol, plateau_tol: the regime thresholds of ``classify_regimes``.
     statuses: the statuses that compete for best trial, frontier, fits, gaps and the Pareto
-    front; throughput_statuses: those whose speed counts. gns_points_per_trial: the
-    noise-scale curves are thinned to about this many rows.
+    front; frontier_statuses: those whose steps to target count on the frontier and in the
+    critical batch size (``pruned`` too: a trial ASHA stopped after it reached the target
+    measured its steps to the target; one stopped before counts as not reaching it, like an
+    ok trial that never did); throughput_statuses: those whose speed counts.
+    gns_points_per_trial: the noise-scale curves are thinned to about this many rows.
     """
 
     n_boot: int = _default(critical_batch_size_bootstrap, "n_boot")
@@ -66,6 +72,7 @@ class AnalysisSettings:
     perfect_tol: float = _default(classify_regimes, "perfect_tol")
     plateau_tol: float = _default(classify_regimes, "plateau_tol")
     statuses: tuple[str, ...] = tuple(_default(best_per_batch_size, "statuses"))
+    frontier_statuses: tuple[str, ...] = ("ok", "pruned")
     throughput_statuses: tuple[str, ...] = tuple(_default(throughput_frontier, "statuses"))
     gns_points_per_trial: int = 200
 
@@ -76,7 +83,7 @@ class AnalysisSettings:
         for name in ("perfect_tol", "plateau_tol"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("statuses", "throughput_statuses"):
+        for name in ("statuses", "frontier_statuses", "throughput_statuses"):
             unknown = [s for s in getattr(self, name) if s not in STATUSES]
             if unknown or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty tuple of {STATUSES}, "
@@ -179,7 +186,7 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
     for key, metric in (("steps", "steps_to_target"), ("examples", "examples_to_target")):
         results[key] = _run(trials, study, (*frontier_cols, metric), f"the {metric} frontier",
                             steps_to_target_frontier, trials, d, metric=metric, ci=s.ci,
-                            statuses=ok, needs_target=True)
+                            statuses=s.frontier_statuses, needs_target=True)
     results["regimes"] = _then(results["steps"], "regimes", classify_regimes,
                                perfect_tol=s.perfect_tol, plateau_tol=s.plateau_tol)
     results["gns"] = gns_of_best(results["best"])
@@ -191,13 +198,35 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                          seed=s.seed, statuses=ok)
     results["lr_by_norm"] = lr_by_norm(trials, study, s)
     results["gap"] = gaps(trials, study, ok)
+    results["budgets"] = _run(trials, study, ("budget",), "the budgets", budgets_used, trials)
+    results["gap_by_budget"] = gap_by_budget(results["gap"], trials)
+    results["best_by_budget"] = (
+        _run(trials, study, ("batch_size", "norm", "budget", "final_objective"),
+             "best trial per budget", best_per_batch_size, trials, d,
+             by=("norm", "budget", "batch_size"), statuses=ok)
+        if budgets_run(trials) > 1 else Outcome(reason="the study ran one budget"))
     results["diffusion"] = diffusion(trials, history, ok)
     results["throughput"] = throughput(trials, s.throughput_statuses)
     objectives = [(column, direction or d) for column, direction in PARETO]
     results["pareto"] = _run(trials, study, ("final_objective", "seconds_to_target"),
                              "the Pareto front", pareto_front, trials, objectives, statuses=ok,
                              needs_target=True)
+    results["adaptive"] = (attempt("the adaptive rounds", adaptive_summary, trials, study.meta)
+                           if study.meta.get("stop_when") else Outcome(reason=NOT_ADAPTIVE))
+    results["branched"] = branched_cbs(trials, history, study)
     return Analyses(study, trials, history, tuple(notes), results, s)
+
+
+NOT_BRANCHED = "not a branched study (protocol='branched')"
+
+
+def branched_cbs(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo) -> Outcome:
+    """The branched CBS over training, with the study's epsilon and EMA (study.json)."""
+    settings = study.meta.get("branched")
+    if study.meta.get("protocol") != "branched" or not settings:
+        return Outcome(reason=NOT_BRANCHED)
+    return attempt("the branched critical batch size", cbs_over_training, trials, history,
+                   float(settings["epsilon"]), float(settings["ema"]))  # a loss: minimised
 
 
 GNS_COLUMNS = ("gns_at_target", "final_gns_probe", "final_gns_simple")
@@ -294,7 +323,7 @@ def critical_estimates(steps: Outcome, gns: Outcome, settings: AnalysisSettings,
     else:
         result = attempt("the critical batch size", critical_batch_size_bootstrap, trials,
                          direction, n_boot=s.n_boot, seed=s.seed, ci=s.ci,
-                         excess=s.zhang_excess, gns=median, statuses=s.statuses)
+                         excess=s.zhang_excess, gns=median, statuses=s.frontier_statuses)
     if result.reason:
         return result
     cbs = result.value
@@ -345,7 +374,8 @@ def critical_vs_target(trials: pd.DataFrame, history: pd.DataFrame, study: Study
     if reason:
         return Outcome(reason=reason)
     return attempt("the critical batch size by target", critical_by_target, trials, history,
-                   study.targets, study.direction, statuses=settings.statuses, ci=settings.ci,
+                   study.targets, study.direction, statuses=settings.frontier_statuses,
+                   ci=settings.ci,
                    excess=settings.zhang_excess, n_boot=settings.n_boot, seed=settings.seed)
 
 
@@ -413,13 +443,23 @@ def gaps(trials: pd.DataFrame, study: StudyInfo,
     if reason or not present:
         return Outcome(reason=reason or missing_columns(trials, GAP_COLUMNS, "trials"))
     parts = []
+    within = ("budget",) if budgets_run(trials) > 1 else ()
     for column in present:
         got = attempt("the gap by norm", gap_by_norm, trials, study.direction, gap_col=column,
-                      statuses=statuses)
+                      statuses=statuses, within=within)
         if got.reason:
             return got
         parts.append(got.value.assign(gap=column))
     return Outcome(pd.concat(parts, ignore_index=True))
+
+
+def gap_by_budget(gap: Outcome, trials: pd.DataFrame) -> Outcome:
+    """``large_batch_gap`` when the study ran more than one budget."""
+    if gap.reason:
+        return gap
+    if budgets_run(trials) < 2:
+        return Outcome(reason="the study ran one budget")
+    return attempt("the gap by budget", large_batch_gap, gap.value)
 
 
 def throughput(trials: pd.DataFrame,

@@ -312,6 +312,8 @@ def gap_figure(gaps: pd.DataFrame, columns: list[str]) -> bytes:
     fig, axes = new_figure(len(columns), width=4.4 if len(columns) > 2 else 5.6)
     for ax, column in zip(axes, columns, strict=True):
         part = gaps[gaps["gap"] == column]
+        if "budget" in part.columns:  # several budgets: a line per norm and budget
+            part = part.assign(norm=part["norm"].astype(str) + ", " + part["budget"])
         if lines_by_group(ax, part, "norm", "gap_median"):
             ax.legend(fontsize=7, loc="best")
         else:

@@ -116,6 +116,8 @@ class SectionSpec:
     intro: Words | None
     parts: tuple[Part, ...]
     csv: tuple[Csv, ...]
+    shown: Check = _always
+    """Whether the section is in this study's report at all (e.g. only adaptive studies')."""
 
 
 def build_section(spec: SectionSpec, a: Analyses) -> tuple[Section, dict[str, pd.DataFrame]]:
@@ -141,6 +143,8 @@ def build_sections(a: Analyses) -> tuple[list[Section], dict[str, pd.DataFrame]]
     """Every section of the report, and the full tables to write as CSV."""
     sections, tables = [], {}
     for spec in SECTIONS:
+        if not spec.shown(a):
+            continue
         section, more = build_section(spec, a)
         sections.append(section)
         tables.update(more)
@@ -182,9 +186,12 @@ def none_because(words: str, key: str, by: str = "batch_size") -> Callable[[Anal
     return lambda a: f"{words}: " + reasons_of(a.value(key), by)
 
 
-def pivot_by_norm(frame: pd.DataFrame, values: str) -> pd.DataFrame:
-    """``values`` with a row per norm and a column per batch size ("B=.."), for display."""
-    pivot = frame.pivot(index="norm", columns="batch_size", values=values)
+def pivot_by_norm(frame: pd.DataFrame, values: str, within: Sequence[str] = ()) -> pd.DataFrame:
+    """``values`` with a row per norm (and ``within`` value) and a column per batch size
+    ("B=.."), for display."""
+    index = ["norm", *within]
+    pivot = frame.pivot_table(index=index, columns="batch_size", values=values,
+                              aggfunc="first", dropna=False)
     pivot.columns = [f"B={fmt(c)}" for c in pivot.columns]
     return pivot.reset_index()
 
@@ -207,6 +214,7 @@ def summary_rows(a: Analyses) -> pd.DataFrame:
                       + (f" ({objective})" if objective else "")),
         ("direction", a.study.direction or "unknown"),
         ("target", target_text(a)),
+        ("budget", _budgets_text(a)),
         ("trials requested", meta.get("trials", "unknown")),
         ("trials finished (in the table)", f"{len(t)}: {by_status}"),
         ("batch sizes", _distinct(t, "batch_size")),
@@ -222,6 +230,19 @@ def summary_rows(a: Analyses) -> pd.DataFrame:
         ("lbt-study version", meta.get("lbt_study_version", "unknown")),
     ]
     return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def _budgets_text(a: Analyses) -> str:
+    """The budgets the trials ran under, each with its setting and trials."""
+    used = a.value("budgets")
+    if used is None or used.empty:
+        return MISSING
+    text = "; ".join(f"{setting} ({n} trials)" for setting, n in
+                     zip(used["setting"], used["n_trials"], strict=True))
+    if used["budget"].nunique() > 1:
+        text += ("; the best trials, frontiers and fits pool the budgets, the generalization "
+                 "gap section compares them")
+    return text
 
 
 def _problems_and_notes(a: Analyses) -> list[Item]:
@@ -308,8 +329,9 @@ def _steps_intro(a: Analyses) -> str:
     s = a.settings
     return (
         f"Shallue et al. (2018): for each batch size, the fewest steps any trial with status "
-        f"{ok(a)} needed to first reach the target {target_text(a)} (resolution: the "
-        f"evaluation interval). Error bars: how far that minimum leans on its fastest trials, "
+        f"{statuses_words(s.frontier_statuses)} needed to first reach the target "
+        f"{target_text(a)} (a trial ASHA pruned counts with the steps it reached the target "
+        "in, or as not reaching it). Error bars: how far that minimum leans on its fastest trials, "
         f"the {s.ci:.0%} interval of the minimum when the batch size's trials are resampled "
         "with replacement (computed exactly, no seed): the lower end is the point itself, the "
         "upper end the upper_rank-th fastest trial, what the point becomes without its "
@@ -557,7 +579,38 @@ def _gap_intro(a: Analyses) -> str:
             f"Each table gives the median over the {ok(a)} trials of a normalization and "
             "batch size (n_trials in gap_by_norm.csv): the primary measure, since the best "
             "trial by validation is chosen on the same validation set, which biases its gap "
-            "low (gap_of_best in the CSV).")
+            "low (gap_of_best in the CSV)." + _budget_words(a))
+
+
+def _budget_words(a: Analyses) -> str:
+    if a.value("gap_by_budget") is None:
+        return ""
+    return (" The study ran several budgets (rows by norm and budget). Hoffer et al. (2017) "
+            "found that much of the large-batch generalization gap on an epochs budget (their "
+            "gap: the drop in validation accuracy from small to large batches) comes from the "
+            "updates a large batch does not take, and closes when the updates are matched (a "
+            "steps budget). The first comparison table gives the best trial's validation "
+            "objective per budget and batch size; the others, per budget, the median train - "
+            "validation gap at the largest batch size minus that at the smallest.")
+
+
+def _budget_comparison(a: Analyses) -> list[Item]:
+    """excess_gap with a column per budget; one table per gap measure."""
+    frame, best = a.value("gap_by_budget"), a.value("best_by_budget")
+    items: list[Item] = []
+    if frame is None or best is None:  # the study ran one budget
+        return items
+    items.append(Table(display(pivot_by_norm(best, "final_objective", ["budget"])),
+                       "final_objective of the best trial per norm, budget and batch size: "
+                       "Hoffer et al.'s large-batch degradation is the drop along a row", None))
+    for column, part in frame.groupby("gap", sort=False):
+        shown = part.assign(batch_sizes=part["smallest_batch_size"].map(fmt) + " -> "
+                            + part["largest_batch_size"].map(fmt))
+        items.append(Table(display(shown, ["norm", "budget", "batch_sizes", "gap_at_smallest",
+                                           "gap_at_largest", "excess_gap"]),
+                           f"{column}: the median gap at the largest batch size with a value "
+                           "minus that at the smallest, by budget", "gap_by_budget"))
+    return items
 
 
 def _gap_columns(a: Analyses) -> list[str]:
@@ -568,7 +621,8 @@ def _gap_columns(a: Analyses) -> list[str]:
 def _gap_tables(a: Analyses) -> list[Item]:
     """One table per gap: norms as rows, batch sizes as columns."""
     gap = a.value("gap")
-    return [Table(display(pivot_by_norm(gap[gap["gap"] == column], "gap_median")),
+    within = ["budget"] if "budget" in gap.columns else []
+    return [Table(display(pivot_by_norm(gap[gap["gap"] == column], "gap_median", within)),
                   f"{column}, median over trials", "gap_by_norm") for column in _gap_columns(a)]
 
 
@@ -586,9 +640,10 @@ GAP = SectionSpec(
                 lambda _: "Generalization gap against batch size, the median over trials, "
                 "one line per normalization.", has_values("gap", "gap_median"),
                 none_because("no trial has a gap value", "gap", "norm")),
+     ItemsPart(_budget_comparison),
      TablePart(lambda a: a.value("diffusion"), caption=DIFFUSION_CAPTION, csv="diffusion",
                needs="diffusion", when=lambda a: len(a.value("diffusion")) > 0)),
-    (Csv("gap_by_norm", "gap"),
+    (Csv("gap_by_norm", "gap"), Csv("gap_by_budget", "gap_by_budget"),
      Csv("diffusion", "diffusion", when=lambda v: len(v) > 0)))
 
 
@@ -658,6 +713,11 @@ PARETO = SectionSpec(
     (Csv("pareto", "pareto"),))
 
 
-SECTIONS = (SUMMARY, BEST, STEPS, CRITICAL, LR, GAP, THROUGHPUT, PARETO)
+# the adaptive study's section is declared in its own module, from the classes above
+from lbt_study.report.adaptive_section import ADAPTIVE  # noqa: E402
+from lbt_study.report.branched_section import BRANCHED  # noqa: E402
+
+SECTIONS = (SUMMARY, BEST, STEPS, CRITICAL, LR, GAP, THROUGHPUT, PARETO, ADAPTIVE,
+            BRANCHED)
 FIGURES = tuple(p.name for spec in SECTIONS for p in spec.parts if isinstance(p, FigurePart))
 TABLES = tuple(c.name for spec in SECTIONS for c in spec.csv)

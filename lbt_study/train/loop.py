@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from lbt_study.config import TrainConfig
+from lbt_study.train.branching import StateSaver, start_from_state
 from lbt_study.train.rows import Checkpointer, Reporter, Row, RowBuilder
-from lbt_study.train.setup import Cadence, Parts, assemble
+from lbt_study.train.setup import Cadence, Parts, agreed, assemble
 from lbt_study.train.state import TrainState
 from lbt_study.train.step import timed_step
 
@@ -36,6 +37,7 @@ class Loop:
         self.rows = RowBuilder(parts, state)
         self.eval_at = parts.schedule.eval_steps(parts.cfg)
         self.checkpoints = Cadence(parts.cfg.checkpoint_every_s, parts.device)
+        self.saver = StateSaver(parts)  # save_states_at: the branch states
 
     def emit(self, row: Row) -> None:
         """Report a row; with a checkpointer, together with the state to resume from at the
@@ -63,8 +65,10 @@ class Loop:
                 self.report(self.rows.stopped(step, "diverged", reason))
                 return Outcome("diverged", step, p.schedule.examples_after[step], step, p.model)
             self.rows.interval.add(mean_loss, seconds, examples)
-            if step == total:
+            if step == total or self.out_of_time():
                 self.emit(self.rows.final())
+                if step < total:
+                    return Outcome("ok", step, p.schedule.examples_after[step], None, p.model)
             elif step in self.eval_at:
                 row = self.rows.evaluation(step, "running")
                 if self.at_target(row):
@@ -72,6 +76,14 @@ class Loop:
                     return Outcome("ok", step, p.schedule.examples_after[step], None, p.model)
                 self.emit(row)
         return Outcome("ok", total, p.schedule.examples_after[-1], None, p.model)
+
+    def out_of_time(self) -> bool:
+        """Under ``budget='seconds'``: whether the training seconds are spent (agreed by all
+        workers, each timing its own steps)."""
+        cfg = self.parts.cfg
+        if cfg.budget != "seconds" or cfg.budget_seconds is None:
+            return False
+        return agreed(self.state.train_seconds >= cfg.budget_seconds, self.parts.device)
 
     def at_target(self, row: Row) -> bool:
         """With ``stop_at_target``: whether the objective has now reached the target at
@@ -95,6 +107,7 @@ class Loop:
         if p.noise is not None:
             p.noise.use_plan(plan)
         mean_loss, seconds = timed_step(p, plan, step)
+        self.saver.after(step)
         state.train_seconds += seconds
         state.step_times.append(seconds)
         if p.swa is not None and step >= p.swa_from:
@@ -129,4 +142,6 @@ def run_training(
     state = TrainState(parts)
     if resume is not None:
         state.load_state_dict(resume)
+    elif cfg.init_state:  # a branch: the base run's weights and optimizer state
+        start_from_state(parts)
     return Loop(parts, state, report or (lambda row: None), checkpoint).run()
