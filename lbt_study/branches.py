@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lbt_study.config import TrainConfig
+from lbt_study.errors import UserError
 from lbt_study.spec import Cell, Study
 from lbt_study.train.branching import read_state, state_path
 
@@ -63,7 +64,7 @@ def plan_cell(study: Study, cell: Cell, run_dir: Path,
     states = str(Path(run_dir) / STATES_DIR)
     if cell.study_name.endswith(BASE):
         return study.model_copy(update={"fixed": {**study.fixed, "states_dir": states}}), cell
-    base = next((r for r in records if r.get("optuna_study") == study.name + BASE), None)
+    base = _base_record(study, records)
     if base is None or base.get("status") != "ok":
         return None
     return branch_study(study, base, states), Cell(cell.study_name, {}, cell.trials)
@@ -73,7 +74,8 @@ def branch_study(study: Study, base: dict[str, Any], states: str) -> Study:
     """The branches' study: every (fraction, k) enqueued, each branch's config computed from
     the base trial's config as run and the learning rate saved at its checkpoint."""
     spec = study.branched
-    assert spec is not None  # plan_cell checks the protocol; Study checks it has settings
+    if spec is None:  # Study's own check refuses this; a copy made without validation may not
+        raise UserError("protocol 'branched' needs branched=Branched(...)")
     config = {k: base.get(k) for k in TrainConfig.model_fields}
     shared = {k: v for k, v in config.items() if k not in _BASE_ONLY and v is not None
               and not (isinstance(v, float) and math.isnan(v))}  # NaN: a missing value
@@ -97,6 +99,11 @@ def branch_study(study: Study, base: dict[str, Any], states: str) -> Study:
                                     "trials": len(points)})
 
 
+def _base_record(study: Study, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The base trial's record among the driver's records, if it has finished."""
+    return next((r for r in records if r.get("optuna_study") == study.name + BASE), None)
+
+
 def branch_columns(config: dict[str, Any]) -> dict[str, Any]:
     """The trials-table branch columns of a Tune config (None/NaN for other trials)."""
     return {"branch_of": config.get("branch_of"),
@@ -106,7 +113,7 @@ def branch_columns(config: dict[str, Any]) -> dict[str, Any]:
 
 def skipped_line(study: Study, records: list[dict[str, Any]]) -> str:
     """Why no branch runs: the base trial's status and error, in one line."""
-    base = next((r for r in records if r.get("optuna_study") == study.name + BASE), None)
+    base = _base_record(study, records)
     if base is None:
         return f"branched study {study.name!r}: no base trial finished; no branch runs"
     return (f"branched study {study.name!r}: the base trial {base.get('trial_id')} ended "

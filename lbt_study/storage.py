@@ -245,8 +245,8 @@ def claim(store: Connected | None, run_dir: Path, names: list[str], direction: s
           multi_objective: bool, spec_source: str, new_run: bool) -> None:
     """``claim_studies`` in ``store`` (None: the run directory's SQLite)."""
     if store is None:
-        store = Connected(parse_storage(run_dir_url(run_dir)), None)
-        store = Connected(store.url, open_storage(store.url))
+        url = parse_storage(run_dir_url(run_dir))
+        store = Connected(url, open_storage(url))
     directions = [direction, *(["minimize"] if multi_objective else [])]
     claim_studies(store.handle, store.masked, names, directions, spec_hash(spec_source),
                   run_dir, new_run)
