@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -606,8 +607,22 @@ def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampl
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if multi:
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return PicklableNSGAII(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II that pickles: Optuna 5.1's genetic samplers hold a ``threading.Lock``, and
+    Tune pickles its searcher (sampler included) into tuner.pkl when the Tuner is built."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def run_study(study: Study, run_dir: Path, direction: str, *,
