@@ -18,7 +18,7 @@ from typing import Any
 
 from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
-from lbt_study.spec import Cell, Study
+from lbt_study.spec import BUDGET_SETTINGS, Cell, Study
 from lbt_study.train.branching import read_state, state_path
 
 STATES_DIR = "branches"
@@ -26,7 +26,7 @@ STATES_DIR = "branches"
 BASE, BRANCHES = "/base", "/branches"
 
 _BASE_ONLY = frozenset({
-    "epochs", "budget", "budget_steps", "budget_examples", "budget_seconds", "lr", "base_lr",
+    "budget", *BUDGET_SETTINGS, "lr", "base_lr",
     "warmup_epochs", "batch_growth", "swa_start", "save_states_at", "states_dir", "schedule",
     "eval_schedule", "eval_every_examples", "evals_per_doubling", "stop_at_target",
     "batch_size", "init_state", "workload", "target", "divergence_factor",
