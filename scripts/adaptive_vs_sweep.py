@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
              for k in ("trials", "examples", "train_seconds", "rel_width")
              if rows["full sweep"][k]}
     table["adaptive / sweep"] = pd.Series({k: round(v, 3) for k, v in ratio.items()})
-    print(table.fillna("").to_string())
+    print(table.astype(object).fillna("").to_string())
     print(json.dumps(rows))
     return 0
 

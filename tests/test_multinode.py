@@ -6,7 +6,7 @@ from lbt_study import Study, load_results
 from lbt_study.preflight import check_study
 from lbt_study.runner import SLOT, run_study
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # about 35 s on 2 cores
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ def test_one_worker_trials_fill_every_cpu_and_a_larger_trial_is_never_overtaken(
     at a time; the 2-worker trial waits for both CPUs, and no later trial starts before it."""
     def space(trial):  # the 1-worker trials long enough to overlap; the other one short
         workers = trial.suggest_categorical("workers", [1, 2])
-        return {"workers": workers, "epochs": 40 if workers == 1 else 1}
+        return {"workers": workers, "epochs": 15 if workers == 1 else 1}
 
     study = Study(
         name="fill", space=space, trials=5,
