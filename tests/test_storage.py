@@ -74,7 +74,7 @@ def journal_storage(path):
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # 40-50 s on 2 cores; test_resume kills and resumes on SQLite by default
+@pytest.mark.slow  # 30-45 s on 2 cores; PostgreSQL and SQLite kill-and-resume run by default
 def test_sigkill_then_resume_on_journal_storage(tmp_path):
     log = tmp_path / "shared" / "study.journal"
     log.parent.mkdir()

@@ -139,8 +139,7 @@ def test_a_study_in_postgresql_is_read_back_by_optuna_and_results(postgres, tmp_
     assert "2 trials (ok 2)" in res.stdout
 
 
-@pytest.mark.ray
-@pytest.mark.slow  # 60-80 s on 2 cores; test_resume kills and resumes on SQLite by default
+@pytest.mark.ray  # 35-60 s on 2 cores: the kill-and-resume CI runs on a real server
 def test_sigkill_then_resume_on_postgresql(postgres, tmp_path, monkeypatch):
     """The spec names the storage without its password; driver and resume take it from
     LBT_STORAGE_PASSWORD; resume finds the storage in study.json."""
