@@ -638,7 +638,8 @@ GAP = SectionSpec(
     (ItemsPart(_gap_tables),
      FigurePart("gap_by_norm", lambda a: figures.gap_figure(a.value("gap"), _gap_columns(a)),
                 lambda _: "Generalization gap against batch size, the median over trials, "
-                "one line per normalization.", has_values("gap", "gap_median"),
+                "one line per normalization (and budget, when the study ran several).",
+                has_values("gap", "gap_median"),
                 none_because("no trial has a gap value", "gap", "norm")),
      ItemsPart(_budget_comparison),
      TablePart(lambda a: a.value("diffusion"), caption=DIFFUSION_CAPTION, csv="diffusion",
