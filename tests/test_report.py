@@ -260,3 +260,14 @@ def test_minimize_study_ranks_the_other_way(tmp_path):
     front = csv(paths, "pareto")
     assert front.loc[front["on_front"], "trial_id"].tolist() == ["s512", "w512"]  # lower; faster
     assert "lowest final_objective" in paths.html.read_text()
+
+
+def test_numbers_in_one_column_are_written_alike():
+    """A whole float, a fractional one past 1000 and an int of the same size read the same way
+    (the adaptive section's 381232 examples beside an estimated 512848.7 once read
+    '381232' and '512,849')."""
+    from lbt_study.report.document import fmt
+
+    assert [fmt(381232.0), fmt(512848.7), fmt(381232), fmt(0.743412), fmt(-1234.56)] == \
+        ["381232", "512849", "381232", "0.7434", "-1235"]
+    assert [fmt(float("nan")), fmt(None), fmt(True)] == ["—", "—", "yes"]

@@ -66,7 +66,8 @@ def caption_of(table: Table) -> str:
 
 
 def fmt(value: Any) -> str:
-    """One table cell as text: missing as a dash, floats to 4 significant digits."""
+    """One table cell as text: missing as a dash, floats to 4 significant digits (from 1000
+    on, to the unit, written like a whole number of the same size: 512849, not 512,849)."""
     if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value)
                          and pd.isna(value)):
         return MISSING
@@ -76,7 +77,7 @@ def fmt(value: Any) -> str:
         value = float(value)
         if value.is_integer() and abs(value) < 1e15:
             return f"{value:.0f}"
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if hasattr(value, "dtype") and value.dtype.kind == "b":
         return "yes" if value else "no"
     return str(value)
