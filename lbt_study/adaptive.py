@@ -47,7 +47,7 @@ from lbt_study.resume import reconcile
 from lbt_study.rundir import STUDY_JSON, TRIALS, has_table, read_study_json, read_table
 from lbt_study.runner import Progress, ray_running, run_study, start_ray, stop_ray
 from lbt_study.spec import Cell, StopWhen, Study, check_adaptive
-from lbt_study.storage import connect
+from lbt_study.storage import connect, handle_of
 
 ROUNDS = "adaptive_rounds"
 """study.json key and table name of the rounds."""
@@ -140,7 +140,7 @@ def _run_round(run: _Run, rounds: list[dict[str, Any]], first: bool,
     if not first:
         cells = [replace(run.cell(b), trials=n) for b, n in _planned(rounds).items()]
         store = connect(run.options["storage"])
-        remaining = reconcile(run.run_dir, cells, store.handle if store else None).remaining
+        remaining = reconcile(run.run_dir, cells, handle_of(store)).remaining
         if not sum(remaining.values()):
             return
     if not started and not ray_running():

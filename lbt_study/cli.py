@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from lbt_study import __version__
 from lbt_study.errors import UserError
 from lbt_study.rundir import OPTUNA_DB, SPEC, STUDY_JSON, check_optuna_db, read_study_json
-from lbt_study.storage import claim, connect, recorded, summary_line
+from lbt_study.storage import claim, connect, handle_of, recorded, summary_line, url_of
 
 EXIT_USAGE = 2
 
@@ -151,14 +151,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from lbt_study.runner import run_study  # imports Ray: only once the input is good
 
     t0 = time.time()
-    run_study(study, run_dir, direction, address=args.address,
-              **({"storage": store.url.url} if store else {}),
+    run_study(study, run_dir, direction, address=args.address, storage=url_of(store),
               num_cpus=args.num_cpus, spec_module=module, max_trial_cpus=checked.max_trial_cpus,
-              target=target,
-              progress=lambda line: print(line, flush=True),
-              announce=lambda line: print(line, flush=True))
+              target=target, progress=_say, announce=_say)
     print(f"finished in {time.time() - t0:.0f} s\n")
-    return _finish(run_dir, args.no_report, store.url.url if store else None)
+    return _finish(run_dir, args.no_report, url_of(store))
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _finish(run_dir: Path, no_report: bool, storage: str | None = None) -> int:
@@ -192,22 +193,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     checked = check_study(study)
     store = connect(recorded(meta, args.storage))
     study = study.model_copy(update={"log": _logs(args.log or meta.get("log"))})
+    options = {"address": args.address, "num_cpus": args.num_cpus, "spec_module": module,
+               "max_trial_cpus": checked.max_trial_cpus, "target": meta.get("target"),
+               "storage": url_of(store), "progress": _say, "announce": _say}
     if study.stop_when is not None:  # continue the rounds (lbt_study.adaptive)
         from lbt_study.adaptive import run_adaptive
 
         print(f"lbt-study: resuming adaptive study {meta['name']!r} in {run_dir}", flush=True)
-        run_adaptive(study, run_dir, meta["objective_direction"], address=args.address,
-                     num_cpus=args.num_cpus, spec_module=module, fresh=False,
-                     max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
-                     storage=store.url.url if store else None,
-                     progress=lambda line: print(line, flush=True),
-                     announce=lambda line: print(line, flush=True))
-        return _finish(run_dir, args.no_report, store.url.url if store else None)
+        run_adaptive(study, run_dir, meta["objective_direction"], fresh=False, **options)
+        return _finish(run_dir, args.no_report, url_of(store))
     if store is not None:  # another spec's study of this name is refused before any change
         claim(store, run_dir, [c.study_name for c in study.cells()],
               meta["objective_direction"], study.multi_objective,
               (run_dir / SPEC).read_text(), new_run=False)
-    state = reconcile(run_dir, study.cells(), store.handle if store else None)
+    state = reconcile(run_dir, study.cells(), handle_of(store))
     print(f"lbt-study: resuming {meta['name']!r} in {run_dir}: {state.finished} of "
           f"{meta['trials']} trials finished, {state.interrupted} interrupted (will be "
           f"replaced), {state.to_run} to run", flush=True)
@@ -215,12 +214,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         from lbt_study.runner import run_study
 
         run_study(study, run_dir, meta["objective_direction"], remaining=state.remaining,
-                  address=args.address, num_cpus=args.num_cpus, spec_module=module,
-                  max_trial_cpus=checked.max_trial_cpus, target=meta.get("target"),
-                  storage=store.url.url if store else None,
-                  progress=lambda line: print(line, flush=True),
-                  announce=lambda line: print(line, flush=True))
-    return _finish(run_dir, args.no_report, store.url.url if store else None)
+                  **options)
+    return _finish(run_dir, args.no_report, url_of(store))
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -289,8 +284,9 @@ def _check_database(run_dir: Path, meta: dict[str, Any], given: str | None) -> N
     """A damaged Optuna database is reported, not summarised around: the study could not be
     resumed from it. (A run directory of tables alone, without one, is fine.) A storage
     elsewhere (study.json's, or ``given``) is opened and its trials counted."""
-    if recorded(meta, given):
-        store = connect(recorded(meta, given))
+    url = recorded(meta, given)
+    if url:
+        store = connect(url)
         print(summary_line(store, list(meta.get("searches") or [meta.get("name")])))
     elif (run_dir / OPTUNA_DB).exists():
         try:

@@ -18,6 +18,11 @@ from lbt_study.norms import NORMS
 from lbt_study.optim import OPTIMIZERS, SCHEDULES
 
 
+def increasing_fractions(values: list[float]) -> bool:
+    """Whether ``values`` increase strictly within (0, 1) (checkpoint fractions of a budget)."""
+    return all(0 < f < 1 for f in values) and values == sorted(set(values))
+
+
 class TrainConfig(BaseModel):
     """Everything one training run needs. Field names are the trials-table column names."""
 
@@ -240,7 +245,7 @@ class TrainConfig(BaseModel):
         except ValueError:
             raise ValueError(f"save_states_at {self.save_states_at!r} is not comma-separated "
                              "fractions, e.g. '0.1,0.5'") from None
-        if any(not 0 < f < 1 for f in fractions) or fractions != sorted(set(fractions)):
+        if not increasing_fractions(fractions):
             raise ValueError(f"save_states_at {self.save_states_at!r}: fractions must "
                              "increase within (0, 1)")
         return fractions

@@ -18,7 +18,6 @@ metrics and ``examples_seen`` as the step. Where each writes:
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import time
@@ -30,14 +29,12 @@ from ray.tune.logger import CSVLoggerCallback, LoggerCallback, TBXLoggerCallback
 from ray.tune.result import TIMESTEPS_TOTAL, TRAINING_ITERATION
 
 from lbt_study.errors import UserError
-from lbt_study.results import history_record
+from lbt_study.results import history_record, reported_rows
 from lbt_study.schema import HISTORY_COLUMNS
 
 LOGGERS = ("tensorboard", "mlflow", "csv")
 MLFLOW_BATCH = 1000
 """Metrics per MLflow ``log_batch`` (MLflow's limit)."""
-ROWS_KEY = "lbt_rows"
-"""The key under which a Tune result carries its evaluation rows (``runner.ROWS_KEY``)."""
 _NOT_METRICS = ("trial_id", "worker_nodes")
 _METRICS = tuple(c for c in HISTORY_COLUMNS if c not in _NOT_METRICS)
 
@@ -63,8 +60,7 @@ def rows_of(trial_id: str, result: dict[str, Any], after: float,
     """(examples seen, metrics) of each evaluation row in ``result`` past ``after`` examples
     seen: the history table's numeric columns (NaN ones only with ``keep_nan``, for a CSV's
     fixed header), the workload's metrics included."""
-    rows = json.loads(result[ROWS_KEY]) if ROWS_KEY in result else [result]
-    for row in rows:
+    for row in reported_rows(result):
         rec = history_record(trial_id, row)
         seen = _number((rec or {}).get("examples_seen"))
         if rec is None or seen is None or seen <= after:

@@ -149,6 +149,17 @@ def _best(evals: list[Mapping[str, Any]], direction: str) -> float:
     return max(values) if direction == "maximize" else min(values)
 
 
+ROWS_KEY = "lbt_rows"
+"""Where a Tune result carries the evaluation rows since the previous report (JSON); the
+result's own keys are the latest row's, for ASHA and the progress lines (``runner._Reports``
+writes it; the runner's callbacks and ``lbt_study.integrations`` read it)."""
+
+
+def reported_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The evaluation rows a Tune result carries (a result without them is one row)."""
+    return json.loads(result[ROWS_KEY]) if ROWS_KEY in result else [dict(result)]
+
+
 def history_record(trial_id: str, row: Mapping[str, Any]) -> dict[str, Any] | None:
     """The history-table row for one evaluation report (None for reports that are not one):
     the documented columns and the workload's metrics (``train_<m>``, ``val_<m>``); the

@@ -54,7 +54,12 @@ from lbt_study.config import TrainConfig, parse_config  # noqa: E402
 from lbt_study.errors import UserError, one_line  # noqa: E402
 from lbt_study.integrations import make_loggers  # noqa: E402
 from lbt_study.outcomes import optuna_outcome  # noqa: E402
-from lbt_study.results import ResultsWriter, trial_record  # noqa: E402
+from lbt_study.results import (  # noqa: E402
+    ROWS_KEY,
+    ResultsWriter,
+    reported_rows,
+    trial_record,
+)
 from lbt_study.rowlog import RowLog, read_rows  # noqa: E402
 from lbt_study.rundir import RAY_DIR, trial_rows_path  # noqa: E402
 from lbt_study.spec import (  # noqa: E402
@@ -129,11 +134,6 @@ def _worker_nodes() -> str:
     return ",".join(str(n) for n in nodes)
 
 
-ROWS_KEY = "lbt_rows"
-"""Where a Tune result carries the evaluation rows since the previous report (JSON); the
-result's own keys are the latest row's, for ASHA and the progress lines."""
-
-
 class _Reports:
     """A worker's reporter and checkpointer for ``run_training``. Rows carry the workers'
     node ids; rank 0 appends each to the trial's row file as it is made (the history's
@@ -179,11 +179,6 @@ class _Reports:
         rows, self.pending = self.pending, []
         self.cadence.mark()
         return {**rows[-1], ROWS_KEY: json.dumps(rows)}
-
-
-def reported_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The evaluation rows a Tune result carries (a result without them is one row)."""
-    return json.loads(result[ROWS_KEY]) if ROWS_KEY in result else [result]
 
 
 def _worker_loop(config: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lbt_study.config import TrainConfig, did_you_mean, validation_line
+from lbt_study.config import TrainConfig, did_you_mean, increasing_fractions, validation_line
 from lbt_study.errors import UserError
 from lbt_study.storage import parse_storage
 
@@ -98,8 +98,7 @@ class Branched(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Branched:
-        if any(not 0 < f < 1 for f in self.fractions) or \
-                self.fractions != sorted(set(self.fractions)):
+        if not increasing_fractions(self.fractions):
             raise ValueError(f"fractions must increase within (0, 1), got {self.fractions}")
         if self.ks[0] != 1 or self.ks != sorted(set(self.ks)):
             raise ValueError(f"ks must increase from 1, got {self.ks}")

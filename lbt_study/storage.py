@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lbt_study.errors import UserError, one_line
-from lbt_study.rundir import OPTUNA_DB
+from lbt_study.rundir import optuna_url
 
 PASSWORD_ENV = "LBT_STORAGE_PASSWORD"
 """The storage password, for a URL that names a user but no password."""
@@ -110,15 +111,10 @@ def with_password(storage: StorageURL) -> StorageURL:
                       storage.kind, storage.scheme)
 
 
-def run_dir_url(run_dir: Path) -> str:
-    """The default: SQLite in the run directory."""
-    return f"sqlite:///{Path(run_dir) / OPTUNA_DB}"
-
-
 def resolve(url: str | None, run_dir: Path) -> StorageURL:
     """The storage to open: ``url`` (password from the environment where it has none), or
     the run directory's SQLite when ``url`` is None."""
-    return with_password(parse_storage(url if url else run_dir_url(run_dir)))
+    return with_password(parse_storage(url if url else optuna_url(run_dir)))
 
 
 def recorded(meta: dict[str, Any], given: str | None) -> str | None:
@@ -231,6 +227,16 @@ class Connected:
         return self.url.masked
 
 
+def url_of(store: Connected | None) -> str | None:
+    """The URL to open ``store`` again (password included; None: the run's SQLite)."""
+    return store.url.url if store else None
+
+
+def handle_of(store: Connected | None) -> Any:
+    """The opened Optuna storage of ``store`` (None: the run's SQLite, opened by its user)."""
+    return store.handle if store else None
+
+
 def connect(url: str | None) -> Connected | None:
     """Parse, fill in the password and open ``url``: one line, exit 2, for any problem,
     before a run directory is made or a trial starts. None (the run directory's SQLite,
@@ -244,9 +250,7 @@ def connect(url: str | None) -> Connected | None:
 def claim(store: Connected | None, run_dir: Path, names: list[str], direction: str,
           multi_objective: bool, spec_source: str, new_run: bool) -> None:
     """``claim_studies`` in ``store`` (None: the run directory's SQLite)."""
-    if store is None:
-        url = parse_storage(run_dir_url(run_dir))
-        store = Connected(url, open_storage(url))
+    store = store or connect(optuna_url(run_dir))
     directions = [direction, *(["minimize"] if multi_objective else [])]
     claim_studies(store.handle, store.masked, names, directions, spec_hash(spec_source),
                   run_dir, new_run)
@@ -264,9 +268,7 @@ def summary_line(store: Connected, names: list[str]) -> str:
             continue
         trials = optuna.load_study(study_name=name, storage=store.handle).get_trials(
             deepcopy=False)
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        counts = Counter(t.state.name.lower() for t in trials)
         shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no trials"
         parts.append(f"{name!r}: {shown}")
     return f"Optuna storage {store.masked}: {'; '.join(parts)}"

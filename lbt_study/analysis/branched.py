@@ -24,11 +24,11 @@ BRANCH_COLUMNS = ("trial_id", "status", "branch_of", "branch_fraction", "branch_
 
 
 def smoothed_final(values: list[float], ema: float) -> float:
-    """The bias-corrected EMA (factor ``ema``) of ``values`` at the last one (NaN if none)."""
-    mean = weight = 0.0
-    for v in values:
-        mean, weight = ema * mean + (1 - ema) * v, ema * weight + (1 - ema)
-    return mean / weight if weight > 0 else math.nan
+    """The bias-corrected EMA (factor ``ema``) of ``values`` at the last one (NaN if none):
+    pandas' ``ewm(alpha=1 - ema, adjust=True)``, weights ema^i normalised to sum to 1."""
+    if not values:
+        return math.nan
+    return float(pd.Series(values, dtype=float).ewm(alpha=1 - ema, adjust=True).mean().iloc[-1])
 
 
 def branch_losses(trials: pd.DataFrame, history: pd.DataFrame, ema: float,
