@@ -6,7 +6,6 @@ User mistakes end with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import time
@@ -15,8 +14,9 @@ from typing import Any, NoReturn
 
 from lbt_study import __version__
 from lbt_study.errors import UserError
-from lbt_study.rundir import OPTUNA_DB, SPEC, STUDY_JSON, check_optuna_db, read_study_json
-from lbt_study.storage import claim, connect, handle_of, recorded, summary_line, url_of
+from lbt_study.records.record import StudyRecord
+from lbt_study.records.rundir import OPTUNA_DB, SPEC, check_optuna_db
+from lbt_study.study.storage import claim, connect, handle_of, recorded, summary_line, url_of
 
 EXIT_USAGE = 2
 
@@ -113,17 +113,18 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lbt_study.preflight import check_study
-    from lbt_study.spec import check_adaptive, load_spec
+    from lbt_study.study.preflight import check_study
+    from lbt_study.study.protocols import protocol_of
+    from lbt_study.study.spec import load_spec
 
     _positive("--trials", args.trials)
     check_ray_flags(args)
     study, module = load_spec(args.spec)
     if args.trials:
         study = study.model_copy(update={"trials": args.trials})
+    protocol = protocol_of(study)
     checked = check_study(study, samples=args.preflight_samples)
-    if study.stop_when is not None:
-        check_adaptive(study, checked.target)
+    protocol.preflight(study, checked.target)
     store = connect(args.storage or study.storage)  # unreachable: one line, nothing made
     study = study.model_copy(update={"storage": store.masked if store else None,
                                      "log": _logs(args.log or study.log)})
@@ -133,27 +134,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     direction = workload.objective_direction
     claim(store, run_dir, [c.study_name for c in study.cells()], direction,
           study.multi_objective, Path(args.spec).read_text(), new_run=True)
-    total = study.total_trials
     target = checked.target
-    _write_meta(run_dir, study, args.spec, direction, total, target, workload.objective)
-    cells = study.cells()
-    shape = f"{total} trials" if len(cells) == 1 else \
-        f"{len(cells)} searches x {study.trials} trials = {total} trials"
-    if study.protocol == "branched":
-        shape = f"1 base trial, then {cells[-1].trials} branches (fractions x ks)"
-    print(f"lbt-study: study {study.name!r}, workload {workload.name!r}, {shape} "
-          f"({study.protocol} protocol, {study.sampler_name} sampler), objective "
-          f"val_{workload.objective} ({direction})\nrun directory: {run_dir}", flush=True)
+    _write_meta(run_dir, study, args.spec, direction, study.total_trials, target,
+                workload.objective)
+    print(f"lbt-study: study {study.name!r}, workload {workload.name!r}, "
+          f"{protocol.shape(study)} ({study.protocol} protocol, {study.sampler_name} sampler), "
+          f"objective val_{workload.objective} ({direction})\nrun directory: {run_dir}",
+          flush=True)
 
-    if study.stop_when is not None:  # rounds of run_study until B_crit is known well enough
-        from lbt_study.adaptive import run_adaptive as run_study
-    else:
-        from lbt_study.runner import run_study  # imports Ray: only once the input is good
+    from lbt_study.study import launch  # imports Ray: only once the input is good
 
     t0 = time.time()
-    run_study(study, run_dir, direction, address=args.address, storage=url_of(store),
-              num_cpus=args.num_cpus, spec_module=module, max_trial_cpus=checked.max_trial_cpus,
-              target=target, progress=_say, announce=_say)
+    launch.run(study, run_dir, direction, address=args.address, storage=url_of(store),
+               num_cpus=args.num_cpus, spec_module=module,
+               max_trial_cpus=checked.max_trial_cpus, target=target, progress=_say,
+               announce=_say)
     print(f"finished in {time.time() - t0:.0f} s\n")
     return _finish(run_dir, args.no_report, url_of(store))
 
@@ -178,43 +173,34 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from lbt_study.preflight import check_study
-    from lbt_study.resume import read_meta, reconcile
-    from lbt_study.spec import load_spec
+    from lbt_study.study.preflight import check_study
+    from lbt_study.study.protocols import protocol_of
+    from lbt_study.study.resume import read_meta
+    from lbt_study.study.spec import load_spec
 
     check_ray_flags(args)
     run_dir = args.run_dir
     meta = read_meta(run_dir)
     study, module = load_spec(run_dir / SPEC)
-    if study.protocol == "branched":
-        raise UserError(f"{run_dir}: resume does not continue a branched study (protocol="
-                        "'branched'); its tables and branch states stay: start a new run")
-    study = study.model_copy(update={"trials": meta.get("trials_per_search", meta["trials"])})
+    refusal = protocol_of(study).resume_refusal(study)
+    if refusal is not None:
+        raise UserError(f"{run_dir}: {refusal}")
+    study = study.model_copy(update={"trials": meta.trials_per_search or meta.trials})
     checked = check_study(study)
-    store = connect(recorded(meta, args.storage))
-    study = study.model_copy(update={"log": _logs(args.log or meta.get("log"))})
-    options = {"address": args.address, "num_cpus": args.num_cpus, "spec_module": module,
-               "max_trial_cpus": checked.max_trial_cpus, "target": meta.get("target"),
-               "storage": url_of(store), "progress": _say, "announce": _say}
-    if study.stop_when is not None:  # continue the rounds (lbt_study.adaptive)
-        from lbt_study.adaptive import run_adaptive
-
-        print(f"lbt-study: resuming adaptive study {meta['name']!r} in {run_dir}", flush=True)
-        run_adaptive(study, run_dir, meta["objective_direction"], fresh=False, **options)
-        return _finish(run_dir, args.no_report, url_of(store))
+    store = connect(recorded(meta.storage, args.storage))
+    study = study.model_copy(update={"log": _logs(args.log or meta.log)})
     if store is not None:  # another spec's study of this name is refused before any change
         claim(store, run_dir, [c.study_name for c in study.cells()],
-              meta["objective_direction"], study.multi_objective,
+              meta.objective_direction, study.multi_objective,
               (run_dir / SPEC).read_text(), new_run=False)
-    state = reconcile(run_dir, study.cells(), handle_of(store))
-    print(f"lbt-study: resuming {meta['name']!r} in {run_dir}: {state.finished} of "
-          f"{meta['trials']} trials finished, {state.interrupted} interrupted (will be "
-          f"replaced), {state.to_run} to run", flush=True)
-    if state.to_run:
-        from lbt_study.runner import run_study
 
-        run_study(study, run_dir, meta["objective_direction"], remaining=state.remaining,
-                  **options)
+    from lbt_study.study import launch  # imports Ray
+
+    launch.resume(study, run_dir, meta.objective_direction, storage_handle=handle_of(store),
+                  trials=meta.trials, say=_say, address=args.address,
+                  num_cpus=args.num_cpus, spec_module=module,
+                  max_trial_cpus=checked.max_trial_cpus, target=meta.target,
+                  storage=url_of(store), progress=_say, announce=_say)
     return _finish(run_dir, args.no_report, url_of(store))
 
 
@@ -232,34 +218,34 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 def _write_meta(run_dir: Path, study: Any, spec: str, direction: str, total: int,
                 target: float | None, objective: str) -> None:
-    meta = {"name": study.name, "workload": study.workload, "spec": str(Path(spec).resolve()),
-            "trials": total, "trials_per_search": study.trials, "protocol": study.protocol,
-            "searches": [c.study_name for c in study.cells()], "fixed": study.fixed,
-            "sampler": study.sampler_name, "sampler_seed": study.sampler_seed,
-            "multi_objective": study.multi_objective, "objective": f"val_{objective}",
-            "objective_direction": direction, "target": target,
-            "targets": sorted({*([target] if target is not None else []), *study.targets}),
-            "asha": study.asha.model_dump() if study.asha else None,
-            "branched": study.branched.model_dump() if study.branched else None,
-            "budgets": study.budgets,
-            "storage": study.storage, "log": study.log,
-            "lbt_study_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run_dir / STUDY_JSON).write_text(json.dumps(meta, indent=2, default=str))
+    StudyRecord(
+        name=study.name, workload=study.workload, spec=str(Path(spec).resolve()), trials=total,
+        trials_per_search=study.trials, protocol=study.protocol,
+        searches=[c.study_name for c in study.cells()], fixed=study.fixed,
+        sampler=study.sampler_name, sampler_seed=study.sampler_seed,
+        multi_objective=study.multi_objective, objective=f"val_{objective}",
+        objective_direction=direction, target=target, target_crossing=study.target_crossing,
+        targets=sorted({*([target] if target is not None else []), *study.targets}),
+        asha=study.asha.model_dump() if study.asha else None,
+        branched=study.branched.model_dump() if study.branched else None,
+        budgets=study.budgets, storage=study.storage, log=study.log,
+        lbt_study_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    ).write(run_dir)
     (run_dir / SPEC).write_text(Path(spec).read_text())
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from lbt_study.results import load_results
+    from lbt_study.records.results import load_results
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     trials, history = load_results(run_dir)
-    meta = read_study_json(run_dir) or {}
+    meta = StudyRecord.read(run_dir)
     _check_database(run_dir, meta, getattr(args, "storage", None))
-    ascending = meta.get("objective_direction") == "minimize"
+    ascending = meta is not None and meta.objective_direction == "minimize"
     counts = trials["status"].value_counts().to_dict()
     print(f"{len(trials)} trials ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
           f"{len(history)} evaluations, {_distinct(trials, 'batch_size')} batch sizes, "
@@ -275,19 +261,19 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _logs(values: list[str] | None) -> list[str]:
-    from lbt_study.integrations import check_logs  # imports Ray
+    from lbt_study.study.integrations import check_logs  # imports Ray
 
     return check_logs(values) if values else []
 
 
-def _check_database(run_dir: Path, meta: dict[str, Any], given: str | None) -> None:
+def _check_database(run_dir: Path, meta: StudyRecord | None, given: str | None) -> None:
     """A damaged Optuna database is reported, not summarised around: the study could not be
     resumed from it. (A run directory of tables alone, without one, is fine.) A storage
     elsewhere (study.json's, or ``given``) is opened and its trials counted."""
-    url = recorded(meta, given)
-    if url:
+    url = recorded(meta.storage if meta else None, given)
+    if url and meta is not None:
         store = connect(url)
-        print(summary_line(store, list(meta.get("searches") or [meta.get("name")])))
+        print(summary_line(store, list(meta.searches or [meta.name])))
     elif (run_dir / OPTUNA_DB).exists():
         try:
             check_optuna_db(run_dir)

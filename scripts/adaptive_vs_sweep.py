@@ -26,7 +26,7 @@ import pandas as pd
 from lbt_study import load_results
 from lbt_study.analysis.adaptive import interval_state
 from lbt_study.analysis.summary import AnalysisSettings
-from lbt_study.rundir import read_study_json
+from lbt_study.records.record import StudyRecord
 
 
 def run(spec: str, run_dir: Path) -> float:
@@ -39,7 +39,7 @@ def run(spec: str, run_dir: Path) -> float:
 def measure(run_dir: Path, wall: float | None) -> dict:
     """The interval and the compute of one run directory."""
     trials, _ = load_results(run_dir)
-    direction = (read_study_json(run_dir) or {})["objective_direction"]
+    direction = (StudyRecord.raw(run_dir) or {})["objective_direction"]
     s = AnalysisSettings()
     state = interval_state(trials, direction, n_boot=s.n_boot, seed=s.seed, ci=s.ci,
                            statuses=s.frontier_statuses)

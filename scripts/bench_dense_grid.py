@@ -70,8 +70,8 @@ def bare_run(job: tuple[dict, int, float, int]) -> int:
     """One run of the bare loop: same model, data, optimizer, schedule, evaluations."""
     import torch
 
-    from lbt_study.norms import NormSpec
-    from lbt_study.workload import get_workload
+    from lbt_study.train.norms import NormSpec
+    from lbt_study.train.workload import get_workload
 
     point, eval_steps, epochs, _ = job
     torch.set_num_threads(1)
@@ -146,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bare", action="store_true", help="run the study only")
     p.add_argument("--extra", type=json.loads, default={},
                    help="more fixed settings for the study, as JSON")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep the study's run directory here and render its report "
+                        "(B_crit under both crossing rules: report.md, section critical)")
     return p.parse_args(argv)
 
 
@@ -153,9 +156,13 @@ def main() -> None:
     args = parse_args()
     points = grid(args)
     with tempfile.TemporaryDirectory() as d:
-        tool_s, run_dir = run_tool(points, args, Path(d))
+        tool_s, run_dir = run_tool(points, args, args.keep or Path(d))
         bare_s = math.nan if args.no_bare else run_bare(points, args)
         stats = summarise(run_dir)
+        if args.keep:
+            subprocess.run([sys.executable, "-m", "lbt_study.cli", "report", str(run_dir)],
+                           check=True, stdout=subprocess.DEVNULL)
+            print(f"report: {run_dir / 'report' / 'report.md'}")
     print(f"{len(points)} runs of {args.workers} worker(s), evaluation every {args.eval_steps} "
           f"steps, {args.num_cpus} CPUs, extra settings {args.extra}")
     print(f"tool (lbt-study run) wall: {tool_s:.1f} s; bare torch loop wall: {bare_s:.1f} s; "

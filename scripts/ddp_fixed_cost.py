@@ -69,7 +69,8 @@ def _callbacks(path: str) -> list:
 
 
 def _timed_loop(config: dict) -> None:
-    from lbt_study import rowlog, runner
+    from lbt_study.records import rowlog
+    from lbt_study.study import trial as runner
 
     path = config["marks"]
     _mark(path, "loop_entered")
@@ -89,7 +90,7 @@ def _trial(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lbt_study.config import parse_config
+    from lbt_study.train.config import parse_config
 
     marks, root = config["marks"], config["root"]
     _mark(marks, "trial_started")
@@ -110,8 +111,9 @@ def _trial(config: dict) -> None:
 
 
 def run(trials: int, workers: int, root: Path) -> list[dict[str, float]]:
-    from lbt_study import runner  # noqa: I001  (sets Ray's environment before Ray loads)
     from ray import tune
+
+    from lbt_study.study import cluster as runner  # sets Ray's environment before Ray loads
 
     class TrialEnd(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):

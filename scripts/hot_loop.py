@@ -25,14 +25,15 @@ from pathlib import Path
 import torch
 
 from lbt_study import Study, load_results
-from lbt_study.config import TrainConfig
-from lbt_study.norms import NormSpec
-from lbt_study.preflight import check_study
-from lbt_study.runner import run_study
+from lbt_study.study.driver import run_study
+from lbt_study.study.preflight import check_study
 from lbt_study.train import run_training
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.measurements.active import ActiveMeasurements
+from lbt_study.train.norms import NormSpec
 from lbt_study.train.setup import assemble
 from lbt_study.train.step import timed_step
-from lbt_study.workload import get_workload
+from lbt_study.train.workload import get_workload
 
 NORM = {"cnn": "batch", "mlp": "batch"}
 
@@ -75,7 +76,8 @@ def direct(model: str, batch_size: int, steps: int, lr: float) -> float:
 def steps_only(model: str, batch_size: int, steps: int, lr: float) -> float:
     """Examples/s of lbt-study's timed steps alone (no Ray, no evaluations)."""
     parts = assemble(TrainConfig(**config(model, batch_size, steps, lr)), torch.device("cpu"))
-    seconds = sum(timed_step(parts, parts.schedule.plan_at(s), s)[1]
+    measurements = ActiveMeasurements.build(parts)
+    seconds = sum(timed_step(parts, parts.schedule.plan_at(s), s, measurements)[1]
                   for s in range(1, steps + 1))
     return steps * batch_size / seconds
 

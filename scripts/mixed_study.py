@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from lbt_study import Study, load_results
-from lbt_study.preflight import check_study
-from lbt_study.runner import efficiency_line, run_study
+from lbt_study.study.driver import efficiency_line, run_study
+from lbt_study.study.preflight import check_study
 
 
 def space(trial):

@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from lbt_study.config import TrainConfig
 from lbt_study.train import run_training
+from lbt_study.train.config import TrainConfig
 
 
 def main() -> None:

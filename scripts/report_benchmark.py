@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from lbt_study.analysis import time_to_target
+from lbt_study.records.results import HISTORY_COLUMNS, TRIALS_COLUMNS, write_table
 from lbt_study.report import write_report
-from lbt_study.results import HISTORY_COLUMNS, TRIALS_COLUMNS, write_table
 
 BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 NORMS = ("batch", "ghost_batch", "layer", "group")

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from lbt_study import Study, load_results
-from lbt_study.preflight import check_study
-from lbt_study.runner import run_study
+from lbt_study.study.driver import run_study
+from lbt_study.study.preflight import check_study
 
 CASES = {
     "1 worker, in the trial process": {"workers": 1, "launcher": "auto"},

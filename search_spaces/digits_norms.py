@@ -10,7 +10,7 @@ Ghost BN uses virtual batches of 16.
 """
 
 from lbt_study import Study
-from lbt_study.norms import NORMS
+from lbt_study.train.norms import NORMS
 
 BATCH_SIZES = [16, 32, 64, 128, 256, 512, 1024]
 

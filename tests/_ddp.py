@@ -51,8 +51,8 @@ def _entry(rank, world_size, port, out_dir, fn, args):
 
 def train(config):
     """One ``run_training`` on this process: the trained weights and every reported row."""
-    from lbt_study.config import TrainConfig
     from lbt_study.train import run_training
+    from lbt_study.train.config import TrainConfig
 
     rows = []
     outcome = run_training(TrainConfig(**config), rows.append)
@@ -76,7 +76,7 @@ def train_worker(rank, configs):
 
 def make_sync_batch_norm(channels, dtype=torch.float64):
     """An ``lbt_study`` SyncBatchNorm with fixed, non-trivial affine parameters."""
-    from lbt_study.norms import SyncBatchNorm
+    from lbt_study.train.norms import SyncBatchNorm
 
     module = SyncBatchNorm(channels).to(dtype)
     with torch.no_grad():
@@ -114,8 +114,8 @@ def sync_batch_norm_worker(rank, cases):
 
 def gns_worker(rank, config):
     """The last reported row of one run (gradient noise scale columns included)."""
-    from lbt_study.config import TrainConfig
     from lbt_study.train import run_training
+    from lbt_study.train.config import TrainConfig
 
     rows = []
     run_training(TrainConfig(**config), rows.append)
@@ -124,8 +124,8 @@ def gns_worker(rank, config):
 
 def oom_worker(rank, config, limits):
     """A run where each rank has its own injected memory limit."""
-    from lbt_study.config import TrainConfig
     from lbt_study.train import run_training
+    from lbt_study.train.config import TrainConfig
 
     rows = []
     out = run_training(TrainConfig(**config, fault_oom_above=limits[rank]), rows.append)

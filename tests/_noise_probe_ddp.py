@@ -5,8 +5,8 @@ module and name; spawned with ``_ddp.spawn``)."""
 def probe_runs(rank, configs):
     """For each config: the numeric and text columns of every reported row, and the final
     weights (what the single-process oracle in the test evaluates)."""
-    from lbt_study.config import TrainConfig
     from lbt_study.train import run_training
+    from lbt_study.train.config import TrainConfig
 
     del rank
     results = []

@@ -24,7 +24,7 @@ def start_local_ray():
     call it after setting them."""
     import ray
 
-    from lbt_study.runner import SLOT
+    from lbt_study.study.cluster import SLOT
 
     def start():
         ray.init(num_cpus=2, resources={SLOT: 2}, include_dashboard=None,

@@ -22,7 +22,8 @@ from lbt_study.analysis.adaptive import (
     uniform_cost,
 )
 from lbt_study.errors import UserError
-from lbt_study.spec import check_adaptive, load_spec
+from lbt_study.study.protocols import protocol_of
+from lbt_study.study.spec import load_spec
 
 B = [16, 32, 64, 128, 256, 512, 1024]
 S_MIN, B_CRIT = 20.0, 60.0
@@ -186,8 +187,8 @@ def _study(**kw):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"protocol": "joint", "batch_sizes": []}, "stop_when needs protocol='per_batch_size'"),
-    ({"norms": ["batch", "layer"]}, "without norms, got protocol='per_batch_size', norms="),
+    ({"protocol": "joint", "batch_sizes": []}, "stop_when belongs to protocol 'adaptive', not"),
+    ({"norms": ["batch", "layer"]}, "norms belongs to protocol 'per_batch_size' or 'per_norm'"),
     ({"batch_sizes": [16, 32]}, "at least 3 batch sizes"),
     ({"stop_when": StopWhen(b_crit_rel_width=1.0, max_trials=5)},
      "max_trials 5 is below round 0's 2 trials x 3 batch sizes = 6"),
@@ -205,12 +206,12 @@ def test_stop_when_is_strict():
         StopWhen(b_crit_rel_width=1.0, max_trials=10, max_rounds=3)
 
 
-def test_check_adaptive_rechecks_a_copied_study_and_needs_a_target():
+def test_adaptive_preflight_rechecks_a_copied_study_and_needs_a_target():
     study = _study().model_copy(update={"trials": 5})  # as --trials makes it
     with pytest.raises(UserError, match="max_trials 12 is below round 0's 5 trials"):
-        check_adaptive(study, 0.9)
+        protocol_of(study).preflight(study, 0.9)
     with pytest.raises(UserError, match="stop_when needs a target"):
-        check_adaptive(_study(), None)
+        protocol_of(_study()).preflight(_study(), None)
 
 
 def test_the_copyable_spec_loads():
@@ -236,11 +237,12 @@ def test_the_report_summary_counts_the_compute_and_the_uniform_sweep():
                  "lower": 50.0, "upper": 70.0, "rel_width": 1 / 3, "decision": "stop",
                  "reason": "narrow"}]}
     summary = adaptive_summary(trials, meta)
-    assert summary["rounds"]["added"].tolist() == ["16:2 64:2 256:2", "16:2"]
-    assert summary["rounds"]["trials_added"].tolist() == [6, 2]
-    assert summary["rounds"]["influence"].fillna("-").tolist() == ["-", "16:0.123 64:0"]
-    assert summary["stopped"] == "stopped after round 1: narrow"
-    spent = summary["spent"].set_index("what")
+    assert summary.rounds["added"].tolist() == ["16:2 64:2 256:2", "16:2"]
+    assert summary.rounds["trials_added"].tolist() == [6, 2]
+    assert summary.rounds["influence"].fillna("-").tolist() == ["-", "16:0.123 64:0"]
+    assert summary.stopped == "stopped after round 1: narrow"
+    assert summary.stop_when == {"b_crit_rel_width": 0.5}
+    spent = summary.spent.set_index("what")
     assert spent.loc["adaptive (this study)", "trials"] == 8
     assert spent.loc["uniform sweep (estimated)", "trials"] == 12
     assert spent.loc["uniform sweep (estimated)", "examples"] == 4 * (16 + 64 + 256) * 1000
@@ -261,8 +263,8 @@ def _planted_run_dir(run_dir, study, quality):
     planted trials (each in its cell's Optuna study, as run_study records them)."""
     import optuna
 
-    from lbt_study.results import ResultsWriter
-    from lbt_study.rundir import optuna_url
+    from lbt_study.records.results import ResultsWriter
+    from lbt_study.records.rundir import optuna_url
 
     run_dir.mkdir(exist_ok=True)
     (run_dir / "study.json").write_text(json.dumps({"name": study.name, "trials": 21,
@@ -276,13 +278,13 @@ def _planted_run_dir(run_dir, study, quality):
 
 
 def test_the_driver_records_a_round_and_stops_on_its_interval_without_running_more(tmp_path):
-    from lbt_study.adaptive import run_adaptive
-    from lbt_study.rundir import read_study_json
+    from lbt_study.records.record import StudyRecord
+    from lbt_study.study.rounds import run_adaptive
 
     study = _study(batch_sizes=B, trials=3,
                    stop_when=StopWhen(b_crit_rel_width=0.5, max_trials=40, min_trials=3))
     _planted_run_dir(tmp_path, study, {b: [1.0, 1.05, 1.1] for b in B})
-    meta = read_study_json(tmp_path)
+    meta = StudyRecord.raw(tmp_path)
     meta["adaptive_rounds"] = [{"round": 0, "added": {str(b): 3 for b in B}}]
     (tmp_path / "study.json").write_text(json.dumps(meta))  # round 0 ran; not yet decided
     lines = []
@@ -290,7 +292,7 @@ def test_the_driver_records_a_round_and_stops_on_its_interval_without_running_mo
                          fresh=False)
     assert table[["round", "trials_total", "decision"]].values.tolist() == [[0, 21, "stop"]]
     assert table.loc[0, "rel_width"] == pytest.approx(0.149, abs=0.01)
-    recorded = read_study_json(tmp_path)
+    recorded = StudyRecord.raw(tmp_path)
     assert recorded["adaptive_rounds"][0]["decision"] == "stop"
     assert recorded["stop_when"]["b_crit_rel_width"] == 0.5
     assert pd.read_csv(tmp_path / "adaptive_rounds.csv")["decision"].tolist() == ["stop"]
@@ -322,12 +324,12 @@ def test_a_real_adaptive_study_adds_a_round_and_stops_on_its_interval(tmp_path, 
     """Round 0 (2 trials per B) is below min_trials, so round 1 adds one trial at every B;
     then the interval rule decides (about 3 minutes on 2 busy cores)."""
     from lbt_study.cli import main
-    from lbt_study.results import load_results
-    from lbt_study.rundir import read_study_json
+    from lbt_study.records.record import StudyRecord
+    from lbt_study.records.results import load_results
 
     spec, run_dir = write_spec(TINY_SPEC), tmp_path / "run"
     assert main(["run", str(spec), "--run-dir", str(run_dir), "--num-cpus", "2"]) == 0
-    rounds = read_study_json(run_dir)["adaptive_rounds"]
+    rounds = StudyRecord.raw(run_dir)["adaptive_rounds"]
     assert [r["decision"] for r in rounds] == ["continue", "stop"]
     assert "fewer than min_trials 3" in rounds[0]["reason"]
     assert rounds[1]["added"] == {"16": 1, "64": 1, "256": 1, "1024": 1}
@@ -339,7 +341,7 @@ def test_a_real_adaptive_study_adds_a_round_and_stops_on_its_interval(tmp_path, 
     assert (run_dir / "report" / "adaptive_width.png").is_file()
     # resume of a finished adaptive study: nothing to run, the rounds stay
     assert main(["resume", str(run_dir), "--no-report"]) == 0
-    again = read_study_json(run_dir)["adaptive_rounds"]
+    again = StudyRecord.raw(run_dir)["adaptive_rounds"]
     assert [(r["round"], r["trials_total"], r["decision"]) for r in again] == \
         [(r["round"], r["trials_total"], r["decision"]) for r in rounds]
     assert len(load_results(run_dir)[0]) == 12

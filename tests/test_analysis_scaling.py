@@ -9,6 +9,7 @@ from pandas.testing import assert_frame_equal
 
 from lbt_study.analysis import (
     REGIMES,
+    CannotCompute,
     classify_regimes,
     critical_batch_size,
     steps_to_target_frontier,
@@ -37,7 +38,11 @@ def trials() -> pd.DataFrame:
 def test_frontier_point_counts_and_reasons():
     got = steps_to_target_frontier(trials(), "maximize")
     assert list(got.columns) == ["batch_size", "trial_id", "steps", "steps_lower", "steps_upper",
-                                 "n_trials", "n_reached", "upper_rank", "reason"]
+                                 "n_trials", "n_reached", "upper_rank", "n_censored",
+                                 "censored", "censored_at", "reason"]
+    # 128: two ok trials that never reached the target ran out of budget: censored
+    assert got["n_censored"].tolist() == [1, 0, 2, 0]
+    assert got["censored"].tolist() == [False, False, True, False]
     assert list(got["batch_size"]) == [32, 64, 128, 256]
     assert list(got["trial_id"].iloc[:2]) == ["d", "g"]  # d: tie at 80 broken by objective
     assert got["steps"].iloc[:2].tolist() == [80.0, 50.0]
@@ -52,7 +57,9 @@ def test_frontier_point_counts_and_reasons():
     assert pd.isna(reason[0])
     assert reason[1] == "one trial: the interval collapses to the point (nothing to resample)"
     assert got.loc[1, ["steps_lower", "steps_upper"]].tolist() == [50.0, 50.0]
-    assert reason[2] == "none of the 2 trials with status in ('ok',) reached the target"
+    assert reason[2] == ("censored: none of the 2 trials reached the target within its "
+                         "budget, so its steps to target exceed it: no frontier point (raise "
+                         "the budget)")
     assert reason[3] == "no trial with status in ('ok',) (of 1 here)"
     assert got.loc[2:, ["steps_lower", "steps_upper"]].isna().all().all()
 
@@ -139,7 +146,7 @@ def test_frontier_of_examples():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"direction": "higher"}, "not 'higher'"),
-    ({"direction": "maximize", "metric": "steps"}, "no column 'steps'"),
+    ({"direction": "maximize", "metric": "steps"}, "the trials table has no steps column"),
     ({"direction": "maximize", "ci": 95}, "ci must lie strictly between 0 and 1"),
     ({"direction": "maximize", "by": ()}, "by must name at least one column"),
 ])
@@ -263,7 +270,7 @@ def test_too_few_points_and_unreached_batch_sizes():
 
 def test_critical_batch_size_rejects_bad_arguments():
     frame = pd.DataFrame({"batch_size": [16, 16], "steps": [1, 2]})
-    with pytest.raises(ValueError, match="one row per batch size"):
+    with pytest.raises(CannotCompute, match="one row per batch size"):
         critical_batch_size(frame)
-    with pytest.raises(ValueError, match="no column 'steps_to_target'"):
+    with pytest.raises(CannotCompute, match="the frontier table has no steps_to_target column"):
         critical_batch_size(frame, steps_col="steps_to_target")

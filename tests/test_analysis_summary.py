@@ -1,5 +1,6 @@
 """analyze and its helpers on literal tables: counts, the noise scale of the best trials, the
-at-target columns of older tables, and the settings carried into the report's words."""
+at-target columns of older tables, the settings carried into the report's words, and which
+failures become a reason (only ``CannotCompute``) and which propagate (every bug)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pandas.testing import assert_frame_equal
 
 from lbt_study.analysis import (
     AnalysisSettings,
+    CannotCompute,
     Outcome,
     StudyInfo,
     add_targets_from_history,
@@ -22,7 +24,9 @@ from lbt_study.analysis import (
     status_counts,
 )
 from lbt_study.report.document import Reason, Table, Text
-from lbt_study.report.sections import CRITICAL, STEPS, THROUGHPUT, build_section
+from lbt_study.report.framework import SectionSpec, build_section
+from lbt_study.report.sections import critical, steps, throughput
+from lbt_study.report.sections.critical import critical_table
 
 NAN = math.nan
 STUDY = StudyInfo({"name": "literal"}, "maximize", 0.9)
@@ -59,7 +63,7 @@ HISTORY = pd.DataFrame({
 def words(a) -> str:
     """Every text of the steps, critical and throughput sections, table cells included."""
     parts = []
-    for spec in (STEPS, CRITICAL, THROUGHPUT):
+    for spec in (steps.SECTION, critical.SECTION, throughput.SECTION):
         section, _ = build_section(spec, a)
         for item in section.items:
             if isinstance(item, Text | Reason):
@@ -113,9 +117,10 @@ def test_gns_curves_thin_each_trial_to_the_settings_points():
                             "gns_simple": [float(i) for i in range(10)]})
     curves = gns_curves(Outcome(best), history, best, "maximize",
                         AnalysisSettings(gns_points_per_trial=3))
-    assert curves.value["rows"]["examples_seen"].tolist() == [0, 40, 80]  # every 10 // 3 + 1
+    assert curves.value.rows["examples_seen"].tolist() == [0, 40, 80]  # every 10 // 3 + 1
+    assert (curves.value.source, curves.value.fallback) == ("gns_simple", False)
     every = gns_curves(Outcome(best), history, best, "maximize")
-    assert len(every.value["rows"]) == 10
+    assert len(every.value.rows) == 10
     silent = gns_curves(Outcome(best), history.assign(gns_simple=NAN), best, "maximize")
     assert "no gns_simple values" in silent.reason
 
@@ -145,14 +150,14 @@ def test_default_settings_are_the_analysis_functions_defaults():
     assert "20% above it (Zhang et al. 2024)" in text and "(examples_ratio <= 1.2)" in text
     assert "less than 10% from the previous batch size (step_decrease < 0.1)" in text
     assert "Zhang et al. 2024 20% rule" in text
-    table = a.value("critical")["table"].set_index("method")
+    table = a.results.critical.value.table.set_index("method")
     assert table.loc["zhang_20pct", "b_crit"] == pytest.approx(64)
 
 
 def test_a_zhang_excess_of_30_percent_moves_the_estimate_and_the_words():
     a = analyze(TRIALS, HISTORY, STUDY, settings=AnalysisSettings(zhang_excess=0.3))
     assert a.settings.zhang_excess == 0.3
-    table = a.value("critical")["table"].set_index("method")
+    table = critical_table(a).set_index("method")
     # ratio 1.3 lies between 1.2 (B = 64) and 1.6 (B = 128), interpolated in log-log
     expected = 64 * 2 ** (math.log(1.3 / 1.2) / math.log(1.6 / 1.2))
     assert table.loc["zhang_20pct", "b_crit"] == pytest.approx(expected)
@@ -170,13 +175,13 @@ def test_a_zhang_excess_of_30_percent_moves_the_estimate_and_the_words():
 def test_regime_thresholds_reach_the_labels_and_the_words():
     a = analyze(TRIALS, HISTORY, STUDY,
                 settings=AnalysisSettings(perfect_tol=0.1, plateau_tol=0.5))
-    regimes = a.value("regimes").set_index("batch_size")["regime"]
+    regimes = a.results.regimes.value.set_index("batch_size")["regime"]
     # 64: ratio 1.2 > 1.1 and steps fell by 0.4 < 0.5: a plateau under these thresholds
     assert regimes.tolist() == ["perfect scaling"] + ["maximal data parallelism"] * 4
     text = words(a)
     assert "within 10% of the smallest batch size's (examples_ratio <= 1.1)" in text
     assert "less than 50% from the previous batch size (step_decrease < 0.5)" in text
-    default = analyze(TRIALS, HISTORY, STUDY).value("regimes")["regime"].tolist()
+    default = analyze(TRIALS, HISTORY, STUDY).results.regimes.value["regime"].tolist()
     assert default == ["perfect scaling"] * 2 + ["diminishing returns"] * 3
 
 
@@ -188,12 +193,12 @@ def test_bootstrap_and_status_settings_reach_the_analyses_and_the_words():
     text = words(a)
     assert "the 90% interval of the minimum when the batch size's trials are resampled" in text
     assert "resampled with replacement 50 times (seed 7)" in text
-    cbs = a.value("critical")["cbs"]
+    cbs = a.results.critical.value.cbs
     assert (cbs.bootstrap.n_boot, cbs.bootstrap.seed, cbs.ci) == (50, 7, 0.9)
     assert "of the fastest trial with status ok per (batch size, workers)" in text
-    assert a.value("throughput").loc[0, "trial_id"] == "t32"  # the pruned one does not count
+    assert a.results.throughput.value.loc[0, "trial_id"] == "t32"  # the pruned one does not count
     default = analyze(trials, HISTORY, STUDY)
-    assert default.value("throughput").loc[0, "trial_id"] == "fast"
+    assert default.results.throughput.value.loc[0, "trial_id"] == "fast"
     assert "with status ok or pruned per" in words(default)
 
 
@@ -207,18 +212,18 @@ def test_settings_out_of_range_are_refused(bad):
 
 def test_analyze_says_why_instead_of_raising():
     empty = analyze(pd.DataFrame(), pd.DataFrame(), STUDY)
-    assert empty.results["best"].reason == "the trials table has no rows: no trial has finished"
-    assert empty.results["throughput"].reason == empty.results["best"].reason
+    assert empty.results.best.reason == "the trials table has no rows: no trial has finished"
+    assert empty.results.throughput.reason == empty.results.best.reason
     blind = analyze(TRIALS, HISTORY, StudyInfo({}, None, 0.9))
-    assert "never guesses it" in blind.results["best"].reason
-    assert blind.results["throughput"].reason is None  # needs no direction
+    assert "never guesses it" in blind.results.best.reason
+    assert blind.results.throughput.reason is None  # needs no direction
     no_target = analyze(TRIALS, HISTORY, StudyInfo({}, "maximize", None))
-    assert "the study has no target" in no_target.results["steps"].reason
+    assert "the study has no target" in no_target.results.steps.reason
 
 
 def test_critical_table_has_the_trial_bootstrap_the_covariance_row_and_ratios():
     a = analyze(TRIALS, HISTORY, STUDY)
-    table = a.value("critical")["table"].set_index("method")
+    table = critical_table(a).set_index("method")
     assert list(table.index) == ["mccandlish_fit", "mccandlish_fit_cov", "zhang_20pct",
                                  "gns_simple"]
     assert table.loc["mccandlish_fit", "b_crit"] == pytest.approx(128)
@@ -242,7 +247,7 @@ def test_zhang_flag_when_the_smallest_batch_size_dominates_and_not_otherwise():
     # B0 = 32, Zhang's estimate 64: 1.2 B0 = 38.4 is 60% of it (on a McCandlish curve
     # 1.2 * 32 + 0.2 * 128 = 64 exactly)
     flagged = analyze(TRIALS, HISTORY, STUDY)
-    cbs = flagged.value("critical")["cbs"]
+    cbs = flagged.results.critical.value.cbs
     assert (cbs.b0, cbs.zhang_b0_share) == (32, pytest.approx(0.6))
     note = ("this estimate moves with the smallest batch size measured (B0 = 32): on a "
             "McCandlish curve it equals 1.2 B0 + 0.2 B_crit, and 1.2 B0 is 60% of it; with "
@@ -253,21 +258,21 @@ def test_zhang_flag_when_the_smallest_batch_size_dominates_and_not_otherwise():
     wider = pd.concat([TRIALS.head(1).assign(trial_id="t16", batch_size=16,
                                              steps_to_target=900.0), TRIALS],
                       ignore_index=True)
-    plain = analyze(wider, HISTORY, STUDY).value("critical")
-    assert plain["cbs"].zhang_b0_share == pytest.approx(0.45, abs=0.01)
-    assert plain["cbs"].zhang_reason is None
-    assert pd.isna(plain["table"].set_index("method").loc["zhang_20pct", "reason"])
+    plain = analyze(wider, HISTORY, STUDY).results.critical.value
+    assert plain.cbs.zhang_b0_share == pytest.approx(0.45, abs=0.01)
+    assert plain.cbs.zhang_reason is None
+    assert pd.isna(plain.table.set_index("method").loc["zhang_20pct", "reason"])
     assert "Note: Zhang" not in words(analyze(wider, HISTORY, STUDY))
 
 
 def test_gns_at_target_of_the_frontier_trials_is_preferred_to_final_gns_simple():
     trials = TRIALS.assign(gns_at_target=[10.0, 20.0, NAN, 40.0, 50.0])
     a = analyze(trials, HISTORY, STUDY)
-    row = a.value("critical")["table"].set_index("method").loc["gns_simple"]
+    row = critical_table(a).set_index("method").loc["gns_simple"]
     assert row["b_crit"] == 30.0  # the median of 10, 20, 40, 50; final_gns_simple's is 150
     assert row["how"] == "median gns_at_target of the fastest trial at 4 of 5 batch sizes"
     fallback = analyze(trials.assign(gns_at_target=NAN), HISTORY, STUDY)
-    row = fallback.value("critical")["table"].set_index("method").loc["gns_simple"]
+    row = critical_table(fallback).set_index("method").loc["gns_simple"]
     assert row["b_crit"] == 150.0
     assert row["how"] == "median final_gns_simple of the best trial at 4 of 5 batch sizes"
 
@@ -306,12 +311,88 @@ def test_a_trial_asha_pruned_after_the_target_counts_on_the_frontier_not_in_the_
     never = TRIALS.iloc[[2]].assign(trial_id="q128", status="pruned", reached_target=False,
                                     steps_to_target=NAN, examples_to_target=NAN)
     a = analyze(pd.concat([TRIALS, faster, never], ignore_index=True), HISTORY, STUDY)
-    frontier = a.value("steps").set_index("batch_size")
+    frontier = a.results.steps.value.set_index("batch_size")
     assert frontier.loc[64, "steps"] == 240.0 and frontier.loc[64, "trial_id"] == "p64"
     assert frontier.loc[128, "steps"] == 200.0  # the pruned trial that never reached: inf
     assert frontier.loc[128, "n_trials"] == 2
-    best = a.value("best").set_index("batch_size")
+    best = a.results.best.value.set_index("batch_size")
     assert best.loc[64, "trial_id"] == "t64"  # 0.99 at a rung does not win
     ok_only = analyze(pd.concat([TRIALS, faster], ignore_index=True), HISTORY, STUDY,
                       settings=AnalysisSettings(frontier_statuses=("ok",)))
-    assert ok_only.value("steps").set_index("batch_size").loc[64, "steps"] == 300.0
+    assert ok_only.results.steps.value.set_index("batch_size").loc[64, "steps"] == 300.0
+
+
+# ------------------------------------------------------------ which failures become a reason
+
+
+@pytest.mark.parametrize("bug", [KeyError("thruput"), AttributeError("no attribute 'fits'"),
+                                 TypeError("unsupported operand"), ValueError("a bad argument")])
+def test_a_bug_in_an_analysis_propagates_out_of_analyze(monkeypatch, bug):
+    """A misspelt column inside an analysis (a KeyError), or any error it does not declare,
+    is not worded as "could not be computed": it reaches the caller."""
+    import lbt_study.analysis.summary as summary
+
+    def broken(trials, **_):
+        if isinstance(bug, KeyError):
+            return trials["thruput"]  # the typo itself
+        raise bug
+
+    monkeypatch.setattr(summary, "throughput_frontier", broken)
+    with pytest.raises(type(bug), match="thruput" if isinstance(bug, KeyError) else str(bug)):
+        analyze(TRIALS, HISTORY, STUDY)
+
+
+def test_only_cannot_compute_becomes_the_reason(monkeypatch):
+    import lbt_study.analysis.summary as summary
+
+    def declared(trials, **_):
+        raise CannotCompute("no worker count was measured")
+
+    monkeypatch.setattr(summary, "throughput_frontier", declared)
+    got = analyze(TRIALS, HISTORY, STUDY).results.throughput
+    assert got.value is None
+    assert got.reason == "throughput could not be computed: no worker count was measured"
+    assert issubclass(CannotCompute, ValueError)  # callers catching ValueError still do
+
+
+def test_a_missing_column_reads_alike_in_every_check():
+    from lbt_study.analysis import missing_columns
+    from lbt_study.analysis.branched import cbs_over_training
+
+    assert missing_columns(TRIALS, ["norm", "budget", "lr"]) == \
+        "the trials table has no budget, lr columns"
+    assert missing_columns(TRIALS, ["norm"]) is None
+    a = analyze(TRIALS.drop(columns="workers"), HISTORY, STUDY)
+    assert a.results.throughput.reason == "the trials table has no workers column"
+    with pytest.raises(CannotCompute, match="^the trials table has no branch_of, branch_fraction, "
+                                            "branch_k columns: not a branched study$"):
+        cbs_over_training(TRIALS, HISTORY, epsilon=0.05)
+
+
+def test_the_steps_frontier_is_computed_once_and_shared(monkeypatch):
+    import lbt_study.analysis.scaling as scaling
+    import lbt_study.analysis.summary as summary
+
+    calls = []
+    for module in (summary, scaling):
+        original = module.steps_to_target_frontier
+
+        def counted(*args, _original=original, _name=module.__name__, **kwargs):
+            calls.append((_name, kwargs.get("metric", args[2] if len(args) > 2 else None),
+                          kwargs.get("by", "batch_size")))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "steps_to_target_frontier", counted)
+    a = analyze(TRIALS, HISTORY, STUDY)
+    # the frontier the critical batch size is fitted to is built once; the per-norm
+    # frontier is its own table (one row per (norm, batch size))
+    assert calls == [("lbt_study.analysis.summary", "steps_to_target", "batch_size"),
+                     ("lbt_study.analysis.summary", "examples_to_target", "batch_size"),
+                     ("lbt_study.analysis.summary", "steps_to_target", ("norm", "batch_size"))]
+    assert a.results.critical.value.cbs.bootstrap is not None  # the bootstrap ran on it
+
+
+def test_a_section_that_needs_an_unknown_result_fails_when_declared():
+    with pytest.raises(ValueError, match="no analysis result is called 'critcal'; the results: "
+                                         "status_counts, errors, best"):
+        SectionSpec("typo", ("critcal",), None, (), ())

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from lbt_study.analysis import throughput_frontier
+from lbt_study.analysis import CannotCompute, throughput_frontier
 
 NAN = math.nan
 
@@ -50,5 +50,5 @@ def test_throughput_frontier_ok_only():
 
 
 def test_throughput_frontier_needs_its_columns():
-    with pytest.raises(ValueError, match="no column 'workers'"):
+    with pytest.raises(CannotCompute, match="has no workers column; columns present: "):
         throughput_frontier(trials().drop(columns="workers"))

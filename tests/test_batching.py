@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from lbt_study.batching import make_batch_plan
-from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
+from lbt_study.train.batching import make_batch_plan
+from lbt_study.train.config import TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -117,8 +117,8 @@ def test_non_positive_or_bool_values_raise(kwargs, name):
 # ------------------------------------------------------------------------- BatchSchedule
 
 def _schedule(n=1000, **values):
-    from lbt_study.batching import BatchSchedule
-    from lbt_study.config import TrainConfig
+    from lbt_study.train.batching import BatchSchedule
+    from lbt_study.train.config import TrainConfig
 
     return BatchSchedule.build(TrainConfig(**{"lr": 0.1, "epochs": 1, **values}), n)
 
@@ -135,12 +135,15 @@ def test_schedule_lays_out_every_step_with_batch_growth():
     assert uniform.eval_schedule == "uniform"  # chosen by giving the spacing
     assert s.eval_steps(uniform) == {0, 5, 8}  # 500 examples after step 5, 1000 crossed at 8
     # geometric, 1 per doubling of 100: 100 200 400 800 -> steps 1 2 4 7, and the last
+    assert s.eval_steps(TrainConfig(lr=0.1, batch_size=100, evals_per_doubling=1,
+                                    eval_first_step=1)) == {0, 1, 2, 4, 7, 8}
+    # the default first evaluated step is 4: steps 1 and 2 are skipped, step 0 is kept
     assert s.eval_steps(TrainConfig(lr=0.1, batch_size=100, evals_per_doubling=1)) == \
-        {0, 1, 2, 4, 7, 8}
+        {0, 4, 7, 8}
 
 
 def test_geometric_schedule_spaces_evaluations_evenly_in_log_examples_at_every_b():
-    from lbt_study.batching import geometric_eval_steps
+    from lbt_study.train.batching import geometric_eval_steps
 
     for b, steps in ((16, 719), (128, 90), (1024, 11)):
         examples = [b * s for s in range(steps + 1)]

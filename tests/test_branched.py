@@ -3,6 +3,7 @@ analysis on literal tables, the known answer on linreg, and one study through th
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,13 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from lbt_study.analysis.branched import cbs_over_training, smoothed_final
-from lbt_study.branches import branch_study
-from lbt_study.config import TrainConfig, parse_config
 from lbt_study.errors import UserError
-from lbt_study.spec import Branched, Study
+from lbt_study.records.rowlog import read_rows
+from lbt_study.records.rundir import trial_rows_path
+from lbt_study.study.protocols.branched import branch_study
+from lbt_study.study.spec import Branched, Study
 from lbt_study.train import run_training
-from lbt_study.train.branching import checkpoint_step, read_state, state_path
-from lbt_study.workloads import linreg
+from lbt_study.train.branching import read_state, state_path
+from lbt_study.train.config import TrainConfig, checkpoint_step, parse_config
+from lbt_study.train.workloads import linreg
 
 BRANCHED = dict(base_batch_size=16, fractions=[0.25, 0.5], ks=[1, 2, 4], lr_rule="linear",
                 branch_examples=4096)
@@ -153,7 +156,7 @@ def _predicted_cbs(x0: float, c: float, b0: int, ks: list[int], delta: int, eval
 
 
 def _run_branches(tmp_path, base_cfg: TrainConfig, study: Study):
-    """The base run and every branch as the runner would make them (lbt_study.branches),
+    """The base run and every branch as the runner would make them (protocols.branched),
     trained on this process; the trials and history tables they would give."""
     rows: list[dict] = []
     out = run_training(base_cfg, report=lambda r: rows.append({**r, "trial_id": "base"}))
@@ -262,7 +265,7 @@ study = Study(name="tiny", workload="linreg", space=lambda trial: {"lr": 0.05},
 
 def test_a_tiny_branched_study_end_to_end(tmp_path, ray_local, capsys):
     from lbt_study.cli import main
-    from lbt_study.results import load_results
+    from lbt_study.records.results import load_results
 
     spec = tmp_path / "spec.py"
     spec.write_text(SPEC)
@@ -282,7 +285,9 @@ def test_a_tiny_branched_study_end_to_end(tmp_path, ray_local, capsys):
         assert b["batch_size"] == 16 * b["branch_k"]
         assert b["learning_rate"] == pytest.approx(0.05 * b["branch_k"])
         assert b["examples_seen"] == 256 and b["schedule"] == "constant"
-        assert b["init_state"].endswith(f"branches/f={b['branch_fraction']:g}.pt")
+        ran = json.loads(read_rows(trial_rows_path(run_dir, b["trial_id"]))[-1]["config_as_run"])
+        assert ran["init_state"].endswith(f"branches/f={b['branch_fraction']:g}.pt")
+    assert "init_state" not in trials.columns  # the protocol's internals are no columns
     assert (run_dir / "branches" / "f=0.5.pt").is_file()
     table = pd.read_csv(run_dir / "report" / "cbs_over_training.csv")
     assert table["branch_fraction"].tolist() == [0.5]

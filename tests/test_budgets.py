@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lbt_study.batching import BatchSchedule
-from lbt_study.config import TrainConfig, parse_config
 from lbt_study.errors import UserError
 from lbt_study.train import run_training
+from lbt_study.train.batching import BatchSchedule
+from lbt_study.train.config import TrainConfig, parse_config
 from lbt_study.train.setup import build_model
-from lbt_study.workload import get_workload
+from lbt_study.train.workload import get_workload
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ddp  # noqa: E402
@@ -97,7 +97,7 @@ def test_two_workers_agree_on_when_a_seconds_budget_is_spent(tmp_path):
 # --- a study that runs several budgets, and the report's comparison ---------------------------
 
 def budgets_study(**extra):
-    from lbt_study.spec import Study
+    from lbt_study.study.spec import Study
 
     values = {"name": "b", "space": lambda t: {}, "protocol": "per_batch_size",
               "batch_sizes": [16, 64], "fixed": {"lr": 0.1},
@@ -132,9 +132,9 @@ def test_a_budgets_list_is_checked(extra, words):
 def test_budgets_need_the_per_batch_size_protocol():
     from pydantic import ValidationError
 
-    from lbt_study.spec import Study
+    from lbt_study.study.spec import Study
 
-    with pytest.raises(ValidationError, match="budgets belong to protocol='per_batch_size'"):
+    with pytest.raises(ValidationError, match="budgets belongs to protocol 'per_batch_size'"):
         Study(name="x", space=lambda t: {}, budgets=[{"budget": "epochs", "epochs": 2}])
 
 

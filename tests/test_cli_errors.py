@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lbt_study.cli import main
-from lbt_study.results import HISTORY_COLUMNS, TRIALS_COLUMNS, write_table
+from lbt_study.records.results import HISTORY_COLUMNS, TRIALS_COLUMNS, write_table
 
 GOOD_SPACE = """
 from lbt_study import Study
@@ -392,12 +392,12 @@ LAB_MODULES = {
     "broken.py": 'raise RuntimeError("no GPU driver here")\n',
     "missing_dep.py": "import a_package_nobody_installed  # noqa: F401\n",
     "invalid_at_import.py": """
-        from lbt_study.workload import Workload
+        from lbt_study.train.workload import Workload
         WORKLOAD = Workload(name="empty", models={}, load_data=None)
     """,
     "factories.py": """
         from torch import nn
-        from lbt_study.workload import Workload
+        from lbt_study.train.workload import Workload
         NOT_A_WORKLOAD = {"name": "blobs"}
         def wrong_objective():
             return Workload(name="w", models={"mlp": lambda norm: nn.Linear(2, 2)},
@@ -408,7 +408,7 @@ LAB_MODULES = {
             raise KeyError("config.yaml")
     """,
     "bad_model.py": """
-        from lbt_study.workload import Workload
+        from lbt_study.train.workload import Workload
         def mlp(norm):
             raise RuntimeError("weights file missing")
         WORKLOAD = Workload(name="bad_model", models={"mlp": mlp}, load_data=None)

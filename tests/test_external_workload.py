@@ -12,9 +12,9 @@ import pytest
 
 from lbt_study import Study, load_results
 from lbt_study.errors import UserError
-from lbt_study.preflight import check_study
-from lbt_study.runner import run_study
-from lbt_study.workload import get_workload
+from lbt_study.study.driver import run_study
+from lbt_study.study.preflight import check_study
+from lbt_study.train.workload import get_workload
 
 PACKAGE = Path(__file__).resolve().parent / "external_workload_pkg" / "my_lab_workloads"
 NAME = "my_lab_workloads.blobs:WORKLOAD"

@@ -1,13 +1,15 @@
 """Out-of-memory planning and divergence, on CPU with injected faults."""
 
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from lbt_study.batching import make_batch_plan
-from lbt_study.config import TrainConfig
 from lbt_study.train import micro_batch_candidates, run_training
+from lbt_study.train.batching import make_batch_plan
+from lbt_study.train.config import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ddp  # noqa: E402
@@ -62,3 +64,61 @@ def test_a_loss_far_above_the_start_is_divergence_with_its_step():
     no_rule = run_training(TrainConfig(**{**RUN, "norm": "none", "lr": 30.0, "epochs": 2},
                                        divergence_factor=None))
     assert no_rule.status in ("ok", "diverged") and no_rule.steps > out.steps
+
+
+# ---------------------------------------------------------------- found on the H200 run
+
+def test_out_of_memory_is_told_from_other_errors():
+    from lbt_study.train.measure import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:127] "
+                                         "DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # only allocation errors
+
+
+def test_a_model_too_large_to_place_ends_oom_not_failed():
+    """A real allocation failure (40 TB of parameters on the CPU) outside the memory probe:
+    the runner's failed-row builder says oom, with torch's message."""
+    from lbt_study.study.trial import _failed_row
+
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(10**13, dtype=torch.float32)
+    row = _failed_row(caught.value, None, None)
+    assert row["status"] == "oom" and "can't allocate memory" in row["error"]
+    assert _failed_row(RuntimeError("shapes"), None, None)["status"] == "failed"
+
+
+def test_a_trial_that_fits_no_micro_batch_counts_no_flops():
+    """On the H200 a ResNet-18 trial at B=131,072 ran out of memory in the FLOP count after
+    the probe: a trial that fits nothing does no forward at all, and one that fits counts
+    FLOPs on a small batch, the same per example as on its whole micro-batch."""
+    rows = []
+    run_training(TrainConfig(**RUN, fault_oom_above=0), rows.append)
+    assert rows[-1]["status"] == "oom" and math.isnan(rows[-1]["flops_per_example"])
+    small, whole = [], []
+    run_training(TrainConfig(**{**RUN, "epochs": 0.1}), small.append)
+    from lbt_study.train.measure import flops_per_example
+    from lbt_study.train.setup import assemble
+
+    parts = assemble(TrainConfig(**{**RUN, "epochs": 0.1}), torch.device("cpu"))
+    xb, yb = parts.batch(torch.arange(128))
+    whole = flops_per_example(parts.model, parts.loss, xb, yb)
+    assert small[-1]["flops_per_example"] == pytest.approx(whole, rel=1e-12)
+
+
+def test_the_probe_counts_the_augmentation_and_keeps_headroom():
+    """The probe runs what a training micro-batch runs, augmentation included: an
+    augmentation that cannot take more than 32 examples makes the probe choose 32."""
+    from lbt_study.train.setup import within_headroom
+
+    parts_cfg = TrainConfig(workload="_augment_oom:WORKLOAD", model="mlp",
+                            batch_size=128, lr=0.1, epochs=1, norm="none",
+                            fault_oom_above=10**9)  # probe on CPU, no injected fault
+    rows = []
+    out = run_training(parts_cfg, rows.append)
+    assert out.status == "ok"
+    assert (rows[-1]["micro_batch_size"], rows[-1]["accumulation_steps_used"]) == (32, 4)
+    assert within_headroom(90, 100) and not within_headroom(91, 100)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from lbt_study.batching import BatchSchedule
-from lbt_study.config import TrainConfig
-from lbt_study.device import PLAIN, GpuSettings, gather, gpu_settings
-from lbt_study.measure import PEAK_FLOPS
-from lbt_study.norms import NormSpec
 from lbt_study.train import evaluate, run_training
-from lbt_study.workload import get_workload
+from lbt_study.train.batching import BatchSchedule
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.device import PLAIN, GpuSettings, gather, gpu_settings
+from lbt_study.train.measure import PEAK_FLOPS
+from lbt_study.train.norms import NormSpec
+from lbt_study.train.workload import get_workload
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
 CNN = {"model": "cnn", "batch_size": 64, "lr": 0.05, "epochs": 1, "eval_every_examples": 700,
@@ -266,13 +266,16 @@ def test_gpu_check_loop_config_times_the_second_half():
 @pytest.mark.ray
 def test_gpu_check_runs_end_to_end_on_cpu_at_toy_sizes(tmp_path, monkeypatch):
     gpu_check = _gpu_check()
-    for name in ("LBT_CIFAR10_DIR", "LBT_CIFAR10_LIMIT"):  # main sets them: restored after
+    for name in ("LBT_CIFAR10_DIR", "LBT_CIFAR10_LIMIT", "PYTHONPATH"):  # main sets them
         monkeypatch.setenv(name, "")
     out = tmp_path / "snippet.md"
     code = gpu_check.main(["--smoke-cpu", "--model", "resnet_tiny", "--batch-sizes", "16,32",
                            "--steps", "2", "--limit", "128", "--study-epochs", "0.25",
-                           "--out", str(out), "--run-dir", str(tmp_path / "run")])
+                           "--phases", "agreement,throughput,ray,oom", "--out", str(out),
+                           "--run-dir", str(tmp_path / "run")])
     assert code == 0
     text = out.read_text()
     assert text.startswith("### CPU (smoke test)") and "| 16 | 16 |" in text
-    assert text.count("| ok |") == 2
+    assert text.count("| ok |") == 3  # the two trials through Ray, the one of the oom study
+    assert "| oversized | 64 | oom | out of memory at every micro-batch for B=64" in text
+    assert "| resnet_tiny | 64 | ok |" in text  # trained by accumulation

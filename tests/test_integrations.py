@@ -9,9 +9,9 @@ import pytest
 
 from lbt_study import Study, load_results
 from lbt_study.errors import UserError
-from lbt_study.integrations import parse_logs
-from lbt_study.preflight import check_study
-from lbt_study.runner import run_study
+from lbt_study.study.driver import run_study
+from lbt_study.study.integrations import parse_logs
+from lbt_study.study.preflight import check_study
 
 
 def _space(trial):

@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
-from lbt_study.measure import flops_per_example, gns_estimates, top_hessian_eigenvalue
-from lbt_study.norms import HybridNorm, NormSpec, make_norm
 from lbt_study.train import run_training
-from lbt_study.workloads import linreg
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.measure import flops_per_example
+from lbt_study.train.measurements.noise_scale import gns_estimates
+from lbt_study.train.measurements.sharpness import top_hessian_eigenvalue
+from lbt_study.train.norms import HybridNorm, NormSpec, make_norm
+from lbt_study.train.workloads import linreg
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ddp  # noqa: E402

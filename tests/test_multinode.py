@@ -3,8 +3,9 @@
 import pytest
 
 from lbt_study import Study, load_results
-from lbt_study.preflight import check_study
-from lbt_study.runner import SLOT, run_study
+from lbt_study.study.cluster import SLOT
+from lbt_study.study.driver import run_study
+from lbt_study.study.preflight import check_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # about 35 s on 2 cores
 

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lbt_study.config import TrainConfig
-from lbt_study.norms import use_torch_sync_bn
-from lbt_study.results import trial_record
+from lbt_study.records.results import trial_record
 from lbt_study.train import run_training
-from lbt_study.train.noise import SYNC_BN_REASON, GradientNoiseProbe, probe_subset
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.measurements.noise_scale import SYNC_BN_REASON
+from lbt_study.train.measurements.probe import GradientNoiseProbe
+from lbt_study.train.norms import use_torch_sync_bn
+from lbt_study.train.sampling import probe_subset
 from lbt_study.train.setup import assemble, build_model
-from lbt_study.workload import get_workload
-from lbt_study.workloads import linreg
+from lbt_study.train.workload import get_workload
+from lbt_study.train.workloads import linreg
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # spawn's children import the worker modules by name
@@ -57,7 +59,7 @@ def test_whole_training_set_probe_is_the_exact_noise_scale_of_the_digits_mlp():
     cfg = TrainConfig(workload="digits", model="mlp", norm="none", batch_size=64, lr=0.1,
                       gns_probe_examples=10**6, measure_flops=False)
     parts = assemble(cfg, CPU)
-    est = parts.gns_probe.measure(parts.model, None)
+    est = GradientNoiseProbe.build(parts).measure(parts.model, None)
     x, y = parts.data.x_train, parts.data.y_train
     grad_sq, trace = population(loop_per_example_grads(parts.model, parts.loss, x, y))
     print(f"digits mlp, n = N = {len(x)}: probe B_simple {est.b_simple:.4f} "
@@ -163,6 +165,7 @@ def test_the_probe_leaves_the_model_as_it_was(norm):
     cfg = TrainConfig(workload="digits", model="cnn", norm=norm, batch_size=64, lr=0.1,
                       ghost_batch_size=16, gns_probe_examples=256, measure_flops=False)
     parts = assemble(cfg, CPU)
+    probe = GradientNoiseProbe.build(parts)
     model = parts.model
     xb, yb = parts.batch(torch.arange(64))
     parts.loss(model(xb), yb).backward()  # populated grads (and moved BN statistics) ...
@@ -170,12 +173,12 @@ def test_the_probe_leaves_the_model_as_it_was(norm):
     model.train()
     model[2].eval()  # a mixed mode must come back as it was
     before = snapshot(model)
-    est = parts.gns_probe.measure(model, parts.schedule.plan_at(0).norm_batch_size)
+    est = probe.measure(model, parts.schedule.plan_at(0).norm_batch_size)
     assert math.isfinite(est.b_simple) and est.se > 0
     assert_same(before, snapshot(model))
     model.eval()
     before = snapshot(model)
-    assert parts.gns_probe.measure(model, parts.schedule.plan_at(0).norm_batch_size) == est
+    assert probe.measure(model, parts.schedule.plan_at(0).norm_batch_size) == est
     assert_same(before, snapshot(model))
 
 
@@ -185,18 +188,20 @@ def test_torch_sync_batch_norm_the_gpu_swap_goes_the_same_local_way():
     cfg = TrainConfig(workload="digits", model="cnn", norm="sync_batch", batch_size=64,
                       lr=0.1, gns_probe_examples=512, measure_flops=False)
     parts = assemble(cfg, CPU)
-    ours = parts.gns_probe.measure(parts.model, 64)
+    probe = GradientNoiseProbe.build(parts)
+    ours = probe.measure(parts.model, 64)
     swapped = use_torch_sync_bn(parts.model)
     assert isinstance(swapped[1], torch.nn.SyncBatchNorm)
     before = snapshot(swapped)
-    assert parts.gns_probe.measure(swapped, 64).b_simple == pytest.approx(ours.b_simple,
-                                                                         rel=1e-6)
+    assert probe.measure(swapped, 64).b_simple == pytest.approx(ours.b_simple,
+                                                                rel=1e-6)
     assert_same(before, snapshot(swapped))
 
 
 def test_every_evaluation_row_has_the_probe_and_the_trials_table_its_summaries():
     cfg = {"workload": "digits", "model": "mlp", "norm": "none", "batch_size": 64, "lr": 0.1,
-           "epochs": 2, "measure_flops": False, "gns_probe_examples": 512, "target": 0.5}
+           "epochs": 2, "measure_flops": False, "gns_probe_examples": 512, "target": 0.5,
+           "gns_probe_schedule": "evaluation"}
     rows = []
     run_training(TrainConfig(**cfg), rows.append)
     assert len(rows) > 5 and rows[0]["step"] == 0
@@ -209,25 +214,58 @@ def test_every_evaluation_row_has_the_probe_and_the_trials_table_its_summaries()
     assert rec["final_gns_probe"] == rows[-1]["gns_probe"]
     assert rec["gns_simple_reason"] == rows[-1]["gns_simple_reason"]
     assert rec["reached_target"]
-    reached = next(i for i, r in enumerate(rows) if r["objective"] >= 0.5
-                   and rows[i + 1]["objective"] >= 0.5)
-    assert rec["gns_at_target"] == pytest.approx(
-        statistics.mean(r["gns_probe"] for r in rows[: reached + 1]))
+    first = next(i for i, r in enumerate(rows) if r["objective"] >= 0.5)  # the default rule
+    assert rec["gns_at_target"] == rows[first]["gns_probe"]
+    assert rec["gns_probe_se_at_target"] == rows[first]["gns_probe_se"]
+    assert rec["gns_mean_to_target"] == pytest.approx(
+        statistics.mean(r["gns_probe"] for r in rows[: first + 1]))
+    assert rec["gns_probe_seconds"] > 0 and rec["gns_probe_seconds"] <= rec["eval_seconds"]
     off = []
     run_training(TrainConfig(**{**cfg, "gns_probe_examples": 0, "epochs": 0.2}), off.append)
     assert all(math.isnan(r["gns_probe"]) and math.isnan(r["gns_probe_se"]) for r in off)
+    assert off[-1]["gns_probe_seconds"] == 0
 
 
-def test_gns_at_target_is_the_mean_up_to_the_evaluation_that_reached_it():
-    """Literal rows: the target 0.9 is reached at step 20 (and kept at 30), the crossing
-    interpolated between steps 10 and 20; the mean runs over steps 0, 10, 20."""
+def test_the_probe_measures_once_per_doubling_and_at_the_crossing():
+    """The default schedule: step 0, the first evaluation past each doubling of the examples
+    seen, the last, and every evaluation from the first at the target until two in a row
+    are; the same values there as when it measures at every evaluation."""
+    cfg = {"workload": "digits", "model": "mlp", "norm": "none", "batch_size": 16, "lr": 0.1,
+           "epochs": 2, "measure_flops": False, "gns_probe_examples": 256, "target": 0.9}
+    every, sparse = [], []
+    run_training(TrainConfig(**cfg, gns_probe_schedule="evaluation"), every.append)
+    run_training(TrainConfig(**cfg), sparse.append)
+    assert [r["val_accuracy"] for r in every] == [r["val_accuracy"] for r in sparse]
+    measured = [r["step"] for r in sparse if not math.isnan(r["gns_probe"])]
+    examples = {r["step"]: r["examples_seen"] for r in sparse}
+    hits = [r["step"] for r in sparse if r["val_accuracy"] >= 0.9]
+    doublings = [s for s in measured if s and s not in hits[:2]]
+    seen = [examples[s] for s in doublings]
+    assert measured[0] == 0 and measured[-1] == sparse[-1]["step"]
+    assert hits[0] in measured and hits[1] in measured  # the crossing under both rules
+    assert all(b >= 1.99 * a for a, b in zip(seen, seen[1:-1], strict=False))  # ~1 a doubling
+    assert len(measured) < len(sparse) / 2
+    for r, e in zip(sparse, every, strict=True):
+        if not math.isnan(r["gns_probe"]):
+            assert r["gns_probe"] == e["gns_probe"]
+    rec = trial_record("t", cfg, sparse, 1.0, None, "maximize", target=0.9)
+    assert rec["gns_at_target"] == next(r["gns_probe"] for r in sparse if r["step"] == hits[0])
+
+
+def test_gns_at_target_is_the_probe_at_the_evaluation_that_reached_it():
+    """Literal rows: the target 0.9 is first reached at step 20 (and kept at 30), the
+    crossing interpolated between steps 10 and 20; the mean runs over steps 0, 10, 20."""
     rows = [{"step": s, "examples_seen": 8 * s, "epoch": s / 100, "train_seconds": s / 10,
-             "val_loss": 1 - acc, "objective": acc, "gns_probe": gns, "status": "running"}
-            for s, acc, gns in [(0, 0.1, 10.0), (10, 0.5, math.nan), (20, 0.95, 30.0),
-                                (30, 0.97, 100.0), (40, 0.98, 1000.0)]]
-    rec = trial_record("t", {}, rows, 1.0, None, "maximize", target=0.9)
-    assert 10 < rec["steps_to_target"] < 20
-    assert rec["gns_at_target"] == pytest.approx(20.0)  # NaN at step 10 skipped
+             "val_loss": 1 - acc, "objective": acc, "gns_probe": gns, "gns_probe_se": se,
+             "status": "running"}
+            for s, acc, gns, se in [(0, 0.1, 10.0, 1.0), (10, 0.5, math.nan, math.nan),
+                                    (20, 0.95, 30.0, 3.0), (30, 0.97, 100.0, 9.0),
+                                    (40, 0.98, 1000.0, 90.0)]]
+    for crossing in ("first", "confirmed"):
+        rec = trial_record("t", {}, rows, 1.0, None, "maximize", target=0.9, crossing=crossing)
+        assert 10 < rec["steps_to_target"] < 20
+        assert (rec["gns_at_target"], rec["gns_probe_se_at_target"]) == (30.0, 3.0)
+        assert rec["gns_mean_to_target"] == pytest.approx(20.0)  # NaN at step 10 skipped
     assert rec["final_gns_probe"] == 1000.0
     never = trial_record("t", {}, rows, 1.0, None, "maximize", target=0.99)
     assert not never["reached_target"] and math.isnan(never["gns_at_target"])
@@ -299,7 +337,7 @@ def test_per_example_probe_on_two_workers_equals_one_process(two_worker_probes):
     assert rows0[-1]["gns_simple_reason"] is None and math.isfinite(rows0[-1]["gns_simple"])
     cfg = TrainConfig(**{**configs[1], "workers": 1})
     parts = assemble(cfg, CPU)
-    single = parts.gns_probe.measure(parts.model, None)  # at the same initial weights
+    single = GradientNoiseProbe.build(parts).measure(parts.model, None)  # the initial weights
     print(f"MLP step 0: 2 workers {rows0[0]['gns_probe']:.9f}, one process "
           f"{single.b_simple:.9f}")
     assert rows0[0]["gns_probe"] == rows1[0]["gns_probe"]

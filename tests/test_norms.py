@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbt_study.errors import UserError
-from lbt_study.norms import (
+from lbt_study.train.norms import (
     NORMS,
     GhostBatchNorm,
     HybridNorm,
@@ -234,7 +234,7 @@ def test_hybrid_norm_running_mean_is_the_data_mean_under_swa_update_bn():
     """swa_utils.update_bn sets momentum None (a cumulative average); HybridNorm failed on it."""
     from torch.optim import swa_utils
 
-    from lbt_study.norms import HybridNorm
+    from lbt_study.train.norms import HybridNorm
 
     torch.manual_seed(0)
     batches = [torch.randn(8, 3) * 2 + 1 for _ in range(4)]

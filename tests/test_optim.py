@@ -1,6 +1,6 @@
 """LARS and LAMB against their published update rules, recomputed here in numpy (float64).
 
-The references below are written from the papers' formulas, not from lbt_study.optim:
+The references below are written from the papers' formulas, not from lbt_study.train.optim:
 LARS from You, Gitman & Ginsburg 2017 (Algorithm 1), LAMB from You et al. 2020 (Algorithm 2,
 bias-corrected). Gradients are set by hand, so no autograd is involved in the comparison.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lbt_study.optim import LAMB, LARS
+from lbt_study.train.optim import LAMB, LARS
 
 TOL = 1e-6
 
@@ -363,7 +363,7 @@ def test_invalid_group_option_is_refused_and_the_group_not_added(cls):
 # ---------------------------------------------------------------- registries
 
 def test_each_registered_optimizer_builds_its_own_class():
-    from lbt_study.optim import OPTIMIZERS, make_optimizer
+    from lbt_study.train.optim import OPTIMIZERS, make_optimizer
 
     expected = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "lars": LARS, "lamb": LAMB}
     assert set(OPTIMIZERS) == set(expected)
@@ -376,8 +376,8 @@ def test_each_registered_optimizer_builds_its_own_class():
 
 def test_unknown_registry_names_list_the_known_ones():
     from lbt_study.errors import UserError
-    from lbt_study.norms import NormSpec, make_norm
-    from lbt_study.optim import make_optimizer, make_scheduler
+    from lbt_study.train.norms import NormSpec, make_norm
+    from lbt_study.train.optim import make_optimizer, make_scheduler
 
     p = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(UserError, match="unknown optimizer 'adam'; known: adamw, lamb, lars, sgd"):

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from lbt_study.outcomes import OK, PRUNED, optuna_outcome
-from lbt_study.schema import STATUSES
+from lbt_study.records.schema import STATUSES
+from lbt_study.study.outcomes import OK, PRUNED, optuna_outcome
 
 INF, NAN = math.inf, math.nan
 

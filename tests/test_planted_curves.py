@@ -15,10 +15,10 @@ import pytest
 
 from lbt_study.analysis.by_target import critical_by_target
 from lbt_study.analysis.summary import StudyInfo, analyze
-from lbt_study.batching import geometric_eval_steps
-from lbt_study.results import ResultsWriter, load_results, trial_record
-from lbt_study.rowlog import RowLog
-from lbt_study.rundir import trial_rows_path
+from lbt_study.records.results import ResultsWriter, load_results, trial_record
+from lbt_study.records.rowlog import RowLog
+from lbt_study.records.rundir import trial_rows_path
+from lbt_study.train.batching import geometric_eval_steps
 
 BATCH_SIZES = [16, 32, 64, 128, 256, 512, 1024]
 S_MIN = 20.0
@@ -62,7 +62,7 @@ def planted_run(tmp_path, b_crit: float, seed: int = 0):
 def test_a_planted_critical_batch_size_comes_back_with_an_interval_around_it(tmp_path, b_crit):
     trials, history = planted_run(tmp_path, b_crit)
     study = StudyInfo({"name": "planted"}, "maximize", TARGET, targets=(0.8, TARGET))
-    critical = analyze(trials, history, study).value("critical")["table"]
+    critical = analyze(trials, history, study).results.critical.value.table
     fit = critical.set_index("method").loc["mccandlish_fit"]
     assert fit["b_crit"] == pytest.approx(b_crit, rel=0.10)
     assert fit["lower"] <= b_crit <= fit["upper"], fit.to_dict()
@@ -75,3 +75,41 @@ def test_a_planted_critical_batch_size_comes_back_with_an_interval_around_it(tmp
     by_target = critical_by_target(trials, history, [0.8, TARGET], "maximize")
     assert by_target["b_crit"].tolist() == pytest.approx([b_crit] * 2, rel=0.10)
     assert (by_target["n_batch_sizes"] == len(BATCH_SIZES)).all()
+
+
+def test_a_batch_size_whose_budget_ends_before_the_target_is_censored(tmp_path):
+    """B_crit 200: S(1024) = 20 x 1.2 = 24 steps at best; a budget of 20 steps at B = 1024
+    stops all its trials short of the target. The frontier marks it censored (its steps
+    exceed 20), the fit leaves it out and says so, and the report says it."""
+    from lbt_study.report import write_report
+
+    rng = np.random.default_rng(3)
+    writer = ResultsWriter(tmp_path)
+    for b in BATCH_SIZES:
+        for i, q in enumerate(QUALITY):
+            tid = f"B{b}_{i}"
+            rows = planted_rows(b, q * S_MIN * (1 + 200 / b), rng)
+            if b == 1024:  # the budget: 20 steps
+                rows = [r for r in rows if r["step"] <= 20]
+                rows[-1]["status"] = "ok"
+            log = RowLog(trial_rows_path(tmp_path, tid))
+            for row in rows:
+                log.append(row)
+            log.close()
+            writer.add_trial(trial_record(tid, {"batch_size": b, "lr": 0.1 * q, "norm": "none"},
+                                          rows, 1.0, None, "maximize", target=TARGET))
+    writer.flush()
+    trials, history = load_results(tmp_path)
+    results = analyze(trials, history, StudyInfo({"name": "c"}, "maximize", TARGET)).results
+    frontier = results.steps.value.set_index("batch_size")
+    assert frontier["censored"].tolist() == [False] * 6 + [True]
+    assert frontier.loc[1024, "n_censored"] == 4 and frontier.loc[1024, "censored_at"] == 20
+    assert math.isnan(frontier.loc[1024, "steps"])
+    assert frontier.loc[1024, "reason"].startswith("censored: none of the 4 trials reached")
+    fit = results.critical.value.table.set_index("method").loc["mccandlish_fit"]
+    assert "censored batch sizes left out of the fit: 1024" in fit["reason"]
+    assert fit["b_crit"] == pytest.approx(200, rel=0.15)  # the six others still tell it
+    (tmp_path / "study.json").write_text('{"name": "c", "trials": 28, '
+                                         '"objective_direction": "maximize", "target": 0.9}')
+    report = write_report(tmp_path).markdown.read_text()
+    assert "censored: none of the 4 trials reached the target within its budget" in report

@@ -4,9 +4,9 @@ at a large batch size the evaluation measures the model, not the stale EMA."""
 
 import torch
 
-from lbt_study.config import TrainConfig
 from lbt_study.train import run_training
-from lbt_study.train.precise_bn import PreciseBN, batch_stat_modules
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.measurements.precise_bn import PreciseBN, batch_stat_modules
 from lbt_study.train.setup import assemble
 
 
@@ -24,7 +24,7 @@ def test_the_statistics_are_the_subsets_micro_batch_average_and_the_buffers_come
         model.train()
         model(parts.data.x_train[:64])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    precise = PreciseBN.attach(parts)
+    precise = PreciseBN.build(parts)
     with torch.no_grad():
         features = model[:2](parts.data.x_train[precise.subset])  # Flatten, Linear
     chunks = features.split(64)  # 256 examples in micro-batches of 64
@@ -44,13 +44,13 @@ def _name(model, module):
 
 
 def test_no_batch_statistics_no_precise_bn():
-    assert PreciseBN.attach(_parts(norm="layer")) is None
-    assert PreciseBN.attach(_parts(precise_bn=False)) is None
+    assert PreciseBN.build(_parts(norm="layer")) is None
+    assert PreciseBN.build(_parts(precise_bn=False)) is None
 
 
 def test_ghost_batch_statistics_are_recomputed_in_ghost_batches():
     parts = _parts(norm="ghost_batch", ghost_batch_size=16)
-    precise = PreciseBN.attach(parts)
+    precise = PreciseBN.build(parts)
     ghost = batch_stat_modules(parts.model)[0]
     with torch.no_grad():
         features = parts.model[:2](parts.data.x_train[precise.subset])

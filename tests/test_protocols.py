@@ -7,8 +7,9 @@ import pytest
 
 from lbt_study import Study, load_results
 from lbt_study.errors import UserError
-from lbt_study.preflight import check_study
-from lbt_study.runner import make_sampler, run_study
+from lbt_study.study.driver import run_study
+from lbt_study.study.preflight import check_study
+from lbt_study.study.search import make_sampler
 
 
 def _space(trial):
@@ -42,13 +43,13 @@ def test_cells_of_the_per_batch_size_protocol():
         "s/B=32/norm=batch", "s/B=32/norm=layer", "s/B=128/norm=batch", "s/B=128/norm=layer"]
     assert cells[1].overrides == {"batch_size": 32, "norm": "layer"}
     assert study.total_trials == 12 and study.sampler_name == "qmc"
-    with pytest.raises(UserError, match=r"the per_batch_size protocol sets \['batch_size'\]"):
+    with pytest.raises(UserError, match=r"the protocol sets \['batch_size'\] for this search"):
         cells[0].apply({"batch_size": 64})
 
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"protocol": "per_batch_size"}, "needs batch_sizes"),
-    ({"batch_sizes": [32]}, "belong to protocol='per_batch_size'"),
+    ({"batch_sizes": [32]}, "batch_sizes belongs to protocol 'per_batch_size' or 'adaptive'"),
     ({"protocol": "per_batch_size", "batch_sizes": [32], "fixed": {"batch_size": 32}},
      "sets ['batch_size'] itself"),
 ])

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from lbt_study import Study, load_results
-from lbt_study.preflight import check_study
-from lbt_study.runner import run_study
+from lbt_study.study.driver import run_study
+from lbt_study.study.preflight import check_study
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_workloads_real import cifar_dir  # noqa: E402, F401  (the fixture)

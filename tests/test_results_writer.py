@@ -6,9 +6,9 @@ import threading
 
 import pandas as pd
 
-from lbt_study.results import ResultsWriter, load_results, write_table
-from lbt_study.rowlog import RowLog, read_rows
-from lbt_study.rundir import read_table, trial_rows_path
+from lbt_study.records.results import ResultsWriter, load_results, write_table
+from lbt_study.records.rowlog import RowLog, read_rows
+from lbt_study.records.rundir import read_table, trial_rows_path
 
 
 def _trial(run_dir, tid, steps):

@@ -1,7 +1,7 @@
 """SIGKILL the driver mid-study, then `lbt-study resume`: nothing lost, nothing run twice.
 
 A driver can also die between writing a trial's row and telling Optuna (rows are written
-first): resume then tells Optuna what the runner would have (lbt_study.outcomes), both values
+first): resume then tells Optuna what the runner would have (lbt_study.study.outcomes), both values
 for a multi-objective study. That window is made deterministic by putting the recorded trial
 back to RUNNING in the SQLite database, as the dead driver would have left it.
 """
@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lbt_study import load_results
-from lbt_study.results import TRIALS_COLUMNS, write_table
+from lbt_study.records.results import TRIALS_COLUMNS, write_table
 
 SPEC = """
 from lbt_study import Study

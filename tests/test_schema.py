@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lbt_study.config import TrainConfig
-from lbt_study.results import TRIALS_COLUMNS, history_record
-from lbt_study.schema import HISTORY_COLUMNS, TRIAL_ONLY_KEYS, metric_columns
+from lbt_study.records.results import TRIALS_COLUMNS, history_record
+from lbt_study.records.schema import HISTORY_COLUMNS, TRIAL_ONLY_KEYS, metric_columns
 from lbt_study.train import run_training
-from lbt_study.workload import get_workload
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.workload import get_workload
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ddp  # noqa: E402

@@ -1,4 +1,4 @@
-"""Study storage (lbt_study.storage): Optuna's journal file, SIGKILLed and resumed; bad
+"""Study storage (lbt_study.study.storage): Optuna's journal file, SIGKILLed and resumed; bad
 storage URLs as one line and exit 2 before anything starts; passwords never written down.
 PostgreSQL itself: tests/test_storage_postgres.py."""
 
@@ -16,7 +16,7 @@ from test_resume import cli, run_then_kill
 from lbt_study import load_results
 from lbt_study.cli import main
 from lbt_study.errors import UserError
-from lbt_study.storage import (
+from lbt_study.study.storage import (
     SPEC_HASH_ATTR,
     claim_studies,
     open_storage,

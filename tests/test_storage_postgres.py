@@ -24,7 +24,7 @@ import pytest
 from test_resume import cli, run_then_kill
 from test_storage import SPEC, assert_resumed_exactly, one_line_error
 
-from lbt_study.storage import SPEC_HASH_ATTR
+from lbt_study.study.storage import SPEC_HASH_ATTR
 
 PG_BIN = next((d for d in [Path("/usr/lib/postgresql/15/bin"),
                             *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
-from lbt_study.norms import NormSpec, make_norm
-from lbt_study.sampling import IndexStream, StratifiedStream, make_stream, stratified_shares
 from lbt_study.train import run_training
-from lbt_study.workload import ACCURACY, Data, Workload
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.norms import NormSpec, make_norm
+from lbt_study.train.sampling import IndexStream, StratifiedStream, make_stream, stratified_shares
+from lbt_study.train.workload import ACCURACY, Data, Workload
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ddp  # noqa: E402

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lbt_study import Study, load_results
-from lbt_study.preflight import check_study
-from lbt_study.runner import run_study
+from lbt_study.study.driver import run_study
+from lbt_study.study.preflight import check_study
 
 pytestmark = pytest.mark.ray
 
@@ -221,7 +221,7 @@ def test_one_worker_trials_fill_every_cpu_and_a_larger_trial_is_never_overtaken(
 
 
 def test_efficiency_line_counts_training_cpu_seconds_over_held_cpu_seconds():
-    from lbt_study.runner import efficiency_line
+    from lbt_study.study.driver import efficiency_line
 
     trials = [{"train_seconds": 10.0, "workers": 2, "cpus_per_worker": 1},
               {"train_seconds": 5.0, "workers": 1, "cpus_per_worker": 1},
@@ -231,9 +231,10 @@ def test_efficiency_line_counts_training_cpu_seconds_over_held_cpu_seconds():
 
 
 def test_reports_carry_every_row_since_the_last_and_flush_keeps_the_rest(tmp_path):
-    from lbt_study.config import TrainConfig
-    from lbt_study.rowlog import read_rows
-    from lbt_study.runner import _Reports, reported_rows
+    from lbt_study.records.results import reported_rows
+    from lbt_study.records.rowlog import read_rows
+    from lbt_study.study.trial import _Reports
+    from lbt_study.train.config import TrainConfig
 
     sent = []
     cfg = TrainConfig(batch_size=32, lr=0.1, report_every_s=3600.0)

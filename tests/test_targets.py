@@ -129,28 +129,32 @@ def test_target_met_at_step_zero_counts():
     assert_frame_equal(got, table(("a", True, at_zero), ("b", True, at_zero)))
 
 
-def test_a_noisy_first_crossing_does_not_count():
+def test_both_crossing_rules_give_their_known_answer_on_a_noisy_history():
+    """0.91 at step 10 falls back to 0.85 before the curve stays above 0.9 from step 30."""
     hist = pd.DataFrame({"trial_id": "n", "step": [0, 10, 20, 30, 40],
                          "examples_seen": [0, 10, 20, 30, 40],
                          "objective": [0.1, 0.91, 0.85, 0.92, 0.95]})
-    got = time_to_target(hist, 0.9, "maximize")
-    # 0.91 at step 10 falls back to 0.85: the crossing is between steps 20 and 30
+    # first (the default, Shallue et al.'s steps to result): the first touch, from step 0
+    # linearly: 0.8/0.81 of 10 steps
+    for got in (time_to_target(hist, 0.9, "maximize"),
+                time_to_target(hist, 0.9, "maximize", crossing="first")):
+        assert got.loc[0, "steps_to_target"] == pytest.approx(10 * 0.8 / 0.81)
+        assert got.loc[0, "eval_step_at_target"] == 10
+    # confirmed: the touch that falls back does not count; between steps 20 and 30
+    got = time_to_target(hist, 0.9, "maximize", crossing="confirmed")
     assert got.loc[0, "steps_to_target"] == pytest.approx(in_logs(20, 30, 0.85, 0.92, 0.9)[0])
     assert got.loc[0, "eval_step_at_target"] == 30
-    # confirm=1 takes the first touch, from step 0 linearly: 0.8/0.81 of 10 steps
-    got = time_to_target(hist, 0.9, "maximize", confirm=1)
-    assert got.loc[0, "steps_to_target"] == pytest.approx(10 * 0.8 / 0.81)
     # a trial's last evaluation needs no successor
-    got = time_to_target(hist.iloc[:4], 0.92, "maximize")
+    got = time_to_target(hist.iloc[:4], 0.92, "maximize", crossing="confirmed")
     assert got.loc[0, "steps_to_target"] == 30 and got.loc[0, "reached"]
-    with pytest.raises(ValueError, match="confirm must be >= 1"):
-        time_to_target(hist, 0.9, "maximize", confirm=0)
+    with pytest.raises(ValueError, match="target_crossing must be one of 'first', 'confirmed'"):
+        time_to_target(hist, 0.9, "maximize", crossing="second")
 
 
 def test_interpolation_on_a_geometric_schedule_resolves_a_smooth_curve():
     """objective = 1 - exp(-step / tau) crosses 0.9 at tau ln 10; evaluations 4 per doubling:
     the first evaluation past it is up to 19% late, the interpolated crossing within 2%."""
-    from lbt_study.batching import geometric_eval_steps
+    from lbt_study.train.batching import geometric_eval_steps
 
     for tau in (7.3, 41.0, 133.0):
         marks = np.array(sorted(geometric_eval_steps(list(range(0, 2001)), 4)))
@@ -284,8 +288,8 @@ def test_large_history_is_fast_and_matches_reference():
     hist = synthetic_history()
     assert len(hist) == 100_000
     start = time.perf_counter()
-    got = time_to_target(hist, 0.9, "maximize")
-    gaps = final_and_at_target_gap(hist, 0.9, "maximize")
+    got = time_to_target(hist, 0.9, "maximize", crossing="confirmed")  # as reference() does
+    gaps = final_and_at_target_gap(hist, 0.9, "maximize", crossing="confirmed")
     elapsed = time.perf_counter() - start
     assert elapsed < 2.0, f"took {elapsed:.2f} s"
 

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from lbt_study.batching import BatchSchedule
-from lbt_study.config import TrainConfig, parse_config
 from lbt_study.errors import UserError
-from lbt_study.sampling import IndexStream
 from lbt_study.train import eval_steps, make_scheduler, run_training
+from lbt_study.train.batching import BatchSchedule
+from lbt_study.train.config import TrainConfig, parse_config
+from lbt_study.train.sampling import IndexStream
 
 
 def lrs(total, warmup, kind, lr=1.0):

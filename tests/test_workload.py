@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from lbt_study.config import TrainConfig
 from lbt_study.errors import UserError
 from lbt_study.train import run_training
-from lbt_study.workload import get_workload
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.workload import get_workload
 
 
 def test_unknown_workload_lists_the_known_ones():
@@ -17,8 +17,8 @@ def test_unknown_workload_lists_the_known_ones():
 
 @pytest.mark.parametrize("name,message", [
     ("no_such_module_xyz:W", "cannot import workload module 'no_such_module_xyz'"),
-    ("lbt_study.workloads.template:NOPE", "has no attribute 'NOPE'"),
-    ("lbt_study.workloads.template:N_TRAIN", "is a int, not an lbt_study Workload"),
+    ("lbt_study.train.workloads.template:NOPE", "has no attribute 'NOPE'"),
+    ("lbt_study.train.workloads.template:N_TRAIN", "is a int, not an lbt_study Workload"),
 ])
 def test_bad_module_attr_workloads(name, message):
     with pytest.raises(UserError, match=message):
@@ -26,7 +26,7 @@ def test_bad_module_attr_workloads(name, message):
 
 
 def test_user_workload_by_module_attr_trains():
-    name = "lbt_study.workloads.template:WORKLOAD"
+    name = "lbt_study.train.workloads.template:WORKLOAD"
     assert get_workload(name).name == "template-blobs"
     rows = []
     run_training(TrainConfig(workload=name, batch_size=64, lr=0.1, epochs=2, norm="layer"),

@@ -10,14 +10,14 @@ import optuna
 import pytest
 import torch
 
-from lbt_study.config import TrainConfig, parse_config
 from lbt_study.errors import UserError
-from lbt_study.norms import NormSpec
-from lbt_study.preflight import check_study
-from lbt_study.spec import load_spec
+from lbt_study.study.preflight import check_study
+from lbt_study.study.spec import load_spec
 from lbt_study.train import run_training
-from lbt_study.workload import get_workload
-from lbt_study.workloads import charlm, cifar
+from lbt_study.train.config import TrainConfig, parse_config
+from lbt_study.train.norms import NormSpec
+from lbt_study.train.workload import get_workload
+from lbt_study.train.workloads import charlm, cifar
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 PER_BATCH = 64

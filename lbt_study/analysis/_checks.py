@@ -1,7 +1,11 @@
-"""Argument checks and small helpers shared by the analysis modules (not public API).
+"""Argument checks and small helpers shared by the analysis modules.
 
-Every check raises ``ValueError`` naming the bad value and the allowed ones, so a misspelt
-column, direction or status fails at once instead of giving an empty or wrong answer.
+Two kinds of failure, kept apart. ``CannotCompute``: the tables cannot give this analysis
+(a column they lack, too few batch sizes, no trial that reached the target, ...); ``analyze``
+shows its message as the analysis' reason. A plain ``ValueError``: the caller passed a bad
+argument (a misspelt direction or status, a level outside (0, 1)); like any other error it
+propagates, since ``analyze`` passes only checked settings. Each message names the bad value
+and the allowed ones, so a mistake fails at once instead of giving an empty or wrong answer.
 """
 
 from __future__ import annotations
@@ -11,7 +15,16 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from lbt_study.schema import DIRECTIONS, STATUSES
+from lbt_study.records.schema import DIRECTIONS, STATUSES
+
+
+class CannotCompute(ValueError):
+    """This analysis cannot be computed on these tables; the message says why.
+
+    The one failure an analysis declares: ``lbt_study.analysis.outcome.attempt`` turns it
+    into the analysis' reason, and every other exception (a KeyError from a misspelt
+    column, a TypeError, ...) propagates as the bug it is.
+    """
 
 
 def check_direction(direction: str, what: str = "direction") -> None:
@@ -21,14 +34,25 @@ def check_direction(direction: str, what: str = "direction") -> None:
         raise ValueError(f"{what} must be one of {allowed}, not {direction!r}")
 
 
+def missing_columns(table: pd.DataFrame, columns: Iterable[str],
+                    name: str = "trials") -> str | None:
+    """Why ``table`` (the ``name`` table) cannot serve: the ``columns`` it lacks, e.g. "the
+    trials table has no norm, workers columns" (None when it has them all). The one check
+    of columns in the analyses: ``require`` and every guard of ``analyze`` word it so."""
+    lacking = [str(c) for c in columns if c not in table.columns]
+    if not lacking:
+        return None
+    plural = "s" if len(lacking) > 1 else ""
+    return f"the {name} table has no {', '.join(lacking)} column{plural}"
+
+
 def require(table: pd.DataFrame, columns: Iterable[str], what: str, name: str = "trials") -> None:
-    """Raise if ``table`` lacks any of ``columns``; the message lists the columns present."""
-    for column in columns:
-        if column not in table.columns:
-            present = ", ".join(map(str, table.columns)) or "(none)"
-            raise ValueError(
-                f"{what}: the {name} table has no column {column!r}; columns present: {present}"
-            )
+    """Raise ``CannotCompute`` if ``table`` lacks any of ``columns`` (``missing_columns``);
+    the message also lists the columns present."""
+    reason = missing_columns(table, columns, name)
+    if reason:
+        present = ", ".join(map(str, table.columns)) or "(none)"
+        raise CannotCompute(f"{what}: {reason}; columns present: {present}")
 
 
 def check_fraction(value: float, name: str) -> None:

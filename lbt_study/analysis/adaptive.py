@@ -1,7 +1,7 @@
 """An adaptive per-batch-size study: when to stop, and where the next trials go.
 
 Pure functions over the trials table (and the rounds the driver recorded), used between
-rounds by ``lbt_study.adaptive`` and by the report.
+rounds by ``lbt_study.study.rounds`` and by the report.
 
 **Where the interval stands** (``interval_state``): B_crit and its trial-bootstrap interval
 from ``critical_batch_size_bootstrap`` (the numbers the report shows), its relative width
@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lbt_study.analysis._checks import eligible
+from lbt_study.analysis._checks import CannotCompute, eligible, require
 from lbt_study.analysis.frontier import resampled_minima, trial_groups
 from lbt_study.analysis.lr import lr_scaling
 from lbt_study.analysis.scaling import _refit, critical_batch_size_bootstrap
@@ -73,7 +74,7 @@ def interval_state(trials: pd.DataFrame, direction: str, *, lr: bool = False,
                    upper=cbs.b_crit_fit_upper)
         if cbs.fit_reason and not math.isfinite(cbs.b_crit_fit):
             reasons.append(cbs.fit_reason)
-    except (ValueError, KeyError) as exc:
+    except CannotCompute as exc:
         reasons.append(f"no B_crit: {exc}")
     out["rel_width"] = rel_width(out["b_crit"], out["lower"], out["upper"])
     if lr:
@@ -83,7 +84,7 @@ def interval_state(trials: pd.DataFrame, direction: str, *, lr: bool = False,
             row = fits[fits["parameter"] == "learning_rate"].iloc[0]
             out.update(lr_exponent=float(row["exponent"]),
                        lr_width=float(row["exponent_upper"] - row["exponent_lower"]))
-        except (ValueError, KeyError, IndexError) as exc:
+        except CannotCompute as exc:
             reasons.append(f"no LR exponent: {exc}")
     out["reason"] = "; ".join(reasons) or None
     return out
@@ -244,6 +245,7 @@ def uniform_cost(trials: pd.DataFrame) -> pd.DataFrame:
     Every frontier point of that sweep rests on at least as many trials as here, so it is at
     least as precise everywhere: an estimate of what the same precision costs without
     adapting (it reuses this study's trials' costs; ASHA's stops included)."""
+    require(trials, ["batch_size", "trial_id", "examples_seen", "train_seconds"], "uniform_cost")
     frame = trials.assign(examples_seen=pd.to_numeric(trials["examples_seen"]),
                           train_seconds=pd.to_numeric(trials["train_seconds"]))
     per = frame.groupby("batch_size").agg(trials=("trial_id", "size"),
@@ -271,25 +273,41 @@ def compute_spent(per_batch: pd.DataFrame) -> pd.DataFrame:
     return frame.rename_axis("what").reset_index()
 
 
-def adaptive_summary(trials: pd.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What the report shows of an adaptive study (None for a study without stop_when):
-    {"rounds": ``rounds_table``, "stopped": the last decision and why, "stop_when": the
-    rule, "per_batch": ``uniform_cost``, "spent": ``compute_spent``}."""
+@dataclass(frozen=True, eq=False)
+class AdaptiveSummary:
+    """What the report shows of an adaptive study.
+
+    rounds: ``rounds_table`` of the rounds the driver recorded. stopped: the last decision
+    and why, in words. stop_when: the rule (study.json's ``stop_when``). per_batch:
+    ``uniform_cost`` (empty without trials). spent: ``compute_spent`` (empty likewise).
+    """
+
+    rounds: pd.DataFrame
+    stopped: str
+    stop_when: dict[str, Any]
+    per_batch: pd.DataFrame
+    spent: pd.DataFrame
+
+
+def adaptive_summary(trials: pd.DataFrame, meta: Mapping[str, Any]) -> AdaptiveSummary | None:
+    """The ``AdaptiveSummary`` of the trials and study.json ``meta`` (None for a study
+    without stop_when)."""
     rule = meta.get("stop_when")
     if not rule:
         return None
     rounds = rounds_table(meta.get("adaptive_rounds") or [])
-    decided = rounds[rounds["decision"].isin(["stop", "continue"])]
-    if decided.empty:
-        stopped = "no round has been analysed yet"
-    elif decided["decision"].iloc[-1] == "stop":
-        stopped = f"stopped after round {int(decided['round'].iloc[-1])}: " \
-                  f"{decided['reason'].iloc[-1]}"
-    else:
-        stopped = (f"not stopped: the driver ended after round {int(decided['round'].iloc[-1])}"
-                   f" decided to continue ({decided['reason'].iloc[-1]}); "
-                   "lbt-study resume continues the rounds")
     per_batch = uniform_cost(trials) if len(trials) else pd.DataFrame()
     spent = compute_spent(per_batch) if len(per_batch) else pd.DataFrame()
-    return {"rounds": rounds, "stopped": stopped, "stop_when": dict(rule),
-            "per_batch": per_batch, "spent": spent}
+    return AdaptiveSummary(rounds, _stopped(rounds), dict(rule), per_batch, spent)
+
+
+def _stopped(rounds: pd.DataFrame) -> str:
+    """The last decision of ``rounds`` and why, in words."""
+    decided = rounds[rounds["decision"].isin(["stop", "continue"])]
+    if decided.empty:
+        return "no round has been analysed yet"
+    last = int(decided["round"].iloc[-1])
+    if decided["decision"].iloc[-1] == "stop":
+        return f"stopped after round {last}: {decided['reason'].iloc[-1]}"
+    return (f"not stopped: the driver ended after round {last} decided to continue "
+            f"({decided['reason'].iloc[-1]}); lbt-study resume continues the rounds")

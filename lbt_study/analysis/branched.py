@@ -18,7 +18,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from lbt_study.train.branching import checkpoint_step
+from lbt_study.analysis._checks import CannotCompute, missing_columns, require
+from lbt_study.train.config import checkpoint_step
 
 BRANCH_COLUMNS = ("trial_id", "status", "branch_of", "branch_fraction", "branch_k")
 
@@ -35,15 +36,19 @@ def branch_losses(trials: pd.DataFrame, history: pd.DataFrame, ema: float,
                   loss_column: str = "minibatch_loss") -> pd.DataFrame:
     """One row per branch: branch_of, branch_fraction, branch_k, loss (smoothed, final; NaN
     for a branch that did not finish ok: a diverged branch is not within epsilon)."""
-    missing = [c for c in BRANCH_COLUMNS if c not in trials.columns]
+    missing = missing_columns(trials, BRANCH_COLUMNS, "trials")
     if missing:
-        raise ValueError(f"the trials table has no {', '.join(missing)} column: not a "
-                         "branched study")
+        raise CannotCompute(f"{missing}: not a branched study")
     branches = trials[trials["branch_of"].notna()]
     if not (branches["status"] == "ok").any():
-        raise ValueError("no branch trial finished ok")
-    if loss_column not in history.columns:
-        raise ValueError(f"the history table has no {loss_column} column")
+        raise CannotCompute("no branch trial finished ok")
+    missing = missing_columns(history, ("trial_id", "step", loss_column), "history")
+    if missing:
+        raise CannotCompute(missing)
+    unset = branches[branches[["branch_fraction", "branch_k"]].isna().any(axis=1)]
+    if len(unset):
+        raise CannotCompute(f"branch trials {', '.join(map(str, unset['trial_id']))} have no "
+                            "branch_fraction or branch_k")
     rows = []
     for _, t in branches.iterrows():
         h = history[(history["trial_id"] == t["trial_id"]) & (history["step"] > 0)]
@@ -104,13 +109,16 @@ def cbs_over_training(trials: pd.DataFrame, history: pd.DataFrame, epsilon: floa
     within ``epsilon`` of k = 1), ``cbs_lower_bound`` (every k within), ``b_simple`` (the
     base's gns_probe nearest the checkpoint) and ``cbs_over_b_simple``."""
     if not epsilon > 0 or not 0 <= ema < 1:
-        raise ValueError(f"epsilon must be > 0 and ema in [0, 1), got {epsilon}, {ema}")
+        raise CannotCompute(f"epsilon must be > 0 and ema in [0, 1), got {epsilon}, {ema}")
     losses = branch_losses(trials, history, ema, loss_column)
+    require(trials, ["batch_size", "total_steps"], "cbs_over_training")
     rows = []
     for base_id, of_base in losses.groupby("branch_of", sort=False):
         base = trials[trials["trial_id"] == base_id]
         if base.empty:
-            raise ValueError(f"the base trial {base_id} is not in the trials table")
+            raise CannotCompute(f"the base trial {base_id} is not in the trials table")
+        if base[["batch_size", "total_steps"]].iloc[0].isna().any():
+            raise CannotCompute(f"the base trial {base_id} has no batch_size or total_steps")
         for _, group in of_base.groupby("branch_fraction", sort=True):
             rows.append(_checkpoint_row(group, base.iloc[0], history, epsilon, direction))
     return pd.DataFrame(rows).sort_values("branch_fraction", ignore_index=True)

@@ -73,8 +73,9 @@ def steps_to_target_frontier(
     the ``by`` keys, ``trial_id`` (the best trial), NAME, NAME_lower, NAME_upper (NAME is
     ``metric`` without its ``_to_target`` suffix: "steps", "examples", "seconds"),
     ``n_trials`` (trials with status in ``statuses``: the ones resampled), ``n_reached``,
-    ``upper_rank`` (missing without a point) and ``reason`` (missing when nothing needs
-    saying; a group where no trial reached the target has NaN values and says so).
+    ``upper_rank`` (missing without a point), ``n_censored``, ``censored``,
+    ``censored_at`` (``_censoring``) and ``reason`` (missing when nothing needs saying; a
+    group where no trial reached the target has NaN values and says why).
     """
     check_direction(direction)
     by = as_list(by)
@@ -88,15 +89,48 @@ def steps_to_target_frontier(
     hit = pool.assign(_value=reached_values(pool, metric))
     hit = hit[np.isfinite(hit["_value"])].sort_values(
         ["_value", objective], ascending=[True, direction == "minimize"], kind="stable")
+    out = _table(trials, pool, hit, by, metric, name, ci)
+    out["reason"] = _frontier_reason(out, name, statuses)
+    out = out.sort_values(by, kind="stable").reset_index(drop=True)
+    columns = [name, f"{name}_lower", f"{name}_upper"]
+    out = out.astype({**dict.fromkeys(columns, "float64"), "upper_rank": "Int64",
+                      "censored_at": "float64"})
+    return out[[*by, "trial_id", *columns, "n_trials", "n_reached", "upper_rank",
+                "n_censored", "censored", "censored_at", "reason"]]
+
+
+def _table(trials: pd.DataFrame, pool: pd.DataFrame, hit: pd.DataFrame, by: list[str],
+           metric: str, name: str, ci: float) -> pd.DataFrame:
+    """Per group: the counts, the best trial, the point with its interval, the censoring."""
     out = _counts(trials, pool, hit, by)
     best = hit.groupby(by, dropna=False, sort=False).head(1)[[*by, "trial_id"]]
     out = out.merge(best, on=by, how="left")
     out = out.merge(_intervals(trials, pool, by, metric, name, ci), on=by, how="left")
-    out["reason"] = _frontier_reason(out, name, statuses)
-    out = out.sort_values(by, kind="stable").reset_index(drop=True)
-    columns = [name, f"{name}_lower", f"{name}_upper"]
-    out = out.astype({**dict.fromkeys(columns, "float64"), "upper_rank": "Int64"})
-    return out[[*by, "trial_id", *columns, "n_trials", "n_reached", "upper_rank", "reason"]]
+    out = out.merge(_censoring(pool, by, metric), on=by, how="left")
+    out["n_censored"] = out["n_censored"].fillna(0).astype(int)
+    out["censored"] = (out["n_reached"] == 0) & (out["n_censored"] > 0)
+    return out
+
+
+BUDGET_OF = {"steps_to_target": "steps", "examples_to_target": "examples_seen",
+             "seconds_to_target": "train_seconds"}
+"""The trials-table column that says how far a trial got, for each at-target metric."""
+
+
+def _censoring(pool: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Per group: n_censored, the trials that ended ok without reaching the target (their
+    budget ran out first: they would have needed more), and censored_at, the most of the
+    metric any of them had (steps, examples or seconds trained). A group none of whose
+    trials reached the target while some ran out of budget is ``censored``: its point lies
+    above censored_at. (A budget that censors only trials slower than the fastest leaves
+    the minimum exact: they would have needed more than it.)"""
+    spent = BUDGET_OF.get(metric)
+    ran_out = pool["status"].eq("ok") & ~pool["reached_target"].eq(True)
+    values = floats(pool[spent]) if spent in pool.columns else pd.Series(np.nan, pool.index)
+    out = pool.assign(_out=ran_out, _spent=values.where(ran_out))
+    groups = out.groupby(by, dropna=False)
+    return pd.DataFrame({"n_censored": groups["_out"].sum(),
+                         "censored_at": groups["_spent"].max()}).reset_index()
 
 
 def reached_values(pool: pd.DataFrame, metric: str) -> pd.Series:
@@ -157,9 +191,15 @@ def _frontier_reason(out: pd.DataFrame, name: str,
                      statuses: Sequence[str] | None) -> pd.Series:
     n, r = out["n_trials"], out["n_reached"]
     missed = ((n - r) / n.where(n > 0)) ** n
-    conditions = [n == 0, r == 0, n == 1, np.isinf(out[f"{name}_upper"].astype(float))]
+    at = out["censored_at"].map(lambda v: f" (the most {name} any had: {v:,.0f})"
+                                if np.isfinite(v) else "")
+    conditions = [n == 0, out["censored"], r == 0, n == 1,
+                  np.isinf(out[f"{name}_upper"].astype(float))]
     texts = [
         f"no trial with {statuses_text(statuses)} (of " + out["_all"].astype(str) + " here)",
+        "censored: none of the " + n.astype(str) + " trials reached the target within its "
+        "budget" + at + f", so its {name} to target exceed it: no frontier point (raise the "
+        "budget)",
         "none of the " + n.astype(str) + f" trials with {statuses_text(statuses)} reached the"
         " target",
         pd.Series("one trial: the interval collapses to the point (nothing to resample)",

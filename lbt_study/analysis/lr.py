@@ -49,6 +49,7 @@ from lbt_study.analysis._checks import (
     check_positive,
     eligible,
     floats,
+    missing_columns,
     require,
 )
 
@@ -127,7 +128,7 @@ def lr_scaling(
         rows, shown = _group_scaling(part, setup)
         if warmup_col is not None and setup.warmup is None:
             rows.append(_no_fit(warmup_col, BEST_FIT, 0, 0,
-                                f"the trials table has no {warmup_col!r} column"))
+                                missing_columns(trials, [warmup_col], "trials")))
         fits.extend({**key, **row} for row in rows)
         points.append(shown.assign(**key)[[*by, *shown.columns]])
     frame = pd.DataFrame(fits, columns=[*by, *_no_fit("", "", 0, 0, None)])

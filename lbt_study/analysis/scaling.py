@@ -29,6 +29,7 @@ from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from lbt_study.analysis._checks import (
+    CannotCompute,
     as_list,
     check_fraction,
     check_positive,
@@ -104,7 +105,7 @@ def _check_one_point_per_batch(frame: pd.DataFrame, keys: list[str], what: str) 
     repeated = frame[frame.duplicated(keys, keep=False)]
     if len(repeated):
         first = repeated.iloc[0][keys].to_dict()
-        raise ValueError(
+        raise CannotCompute(
             f"{what}: the frontier has {len(repeated)} rows sharing {first}; one row per "
             f"batch size is needed (split the frontier by the other keys, e.g. norm)"
         )
@@ -192,6 +193,20 @@ class CriticalBatchSize:
         return table
 
 
+def _with_censored(reason: str | None, frontier: pd.DataFrame, batch_col: str) -> str | None:
+    """The fit's reason, and which batch sizes it left out as censored (no trial reached the
+    target within its budget: their steps to target are only known to exceed it)."""
+    if "censored" not in frontier.columns:
+        return reason
+    censored = frontier.loc[frontier["censored"].eq(True), batch_col]
+    if censored.empty:
+        return reason
+    listed = ", ".join(f"{b:g}" for b in censored)
+    note = (f"censored batch sizes left out of the fit: {listed} (no trial reached the target "
+            "within its budget; their steps to target exceed it, so B_crit may be larger)")
+    return note if reason is None else f"{reason}; {note}"
+
+
 def critical_batch_size(
     frontier: pd.DataFrame,
     batch_col: str = "batch_size",
@@ -247,7 +262,8 @@ def critical_batch_size(
     return CriticalBatchSize(
         b_crit_fit=fit["b_crit"], b_crit_fit_lower=fit["lower"], b_crit_fit_upper=fit["upper"],
         interval="fit covariance", b_crit_cov_lower=fit["lower"], b_crit_cov_upper=fit["upper"],
-        s_min=fit["s_min"], e_min=fit["s_min"] * fit["b_crit"], fit_reason=fit["reason"],
+        s_min=fit["s_min"], e_min=fit["s_min"] * fit["b_crit"],
+        fit_reason=_with_censored(fit["reason"], ordered, batch_col),
         b_crit_zhang=zhang, zhang_reason=note or zhang_reason, b0=b0, zhang_b0_share=share,
         gns=gns_value, gns_reason=gns_reason, ci=ci, points=points,
     )
@@ -286,41 +302,42 @@ def critical_batch_size_bootstrap(
     gns: float | None = None,
     statuses: Sequence[str] | None = ("ok",),
     objective: str = "final_objective",
+    frontier: pd.DataFrame | None = None,
 ) -> CriticalBatchSize:
     """``critical_batch_size`` of the trials' frontier, with a trial-level bootstrap interval.
 
     The point estimates are those of ``critical_batch_size`` on ``steps_to_target_frontier``
-    (``metric``, one row per ``batch_col``). The interval of B_crit: ``n_boot`` times, the
-    trials with status in ``statuses`` are resampled with replacement within each batch size
-    (stratified: each batch size keeps its number of trials; a trial that never reached the
-    target counts as infinitely slow, so a resample can lose a batch size's point), each
-    batch size's minimum is retaken and the McCandlish curve refitted (``curve_fit``, as for
-    the point) to the batch sizes that kept a point. The ``ci`` percentile interval of the
-    refits is ``b_crit_fit_lower`` .. ``b_crit_fit_upper`` (``interval`` "trial bootstrap"),
-    so it carries how noisy each frontier point is, which the covariance interval (kept as
-    ``b_crit_cov_*``) does not. A refit that runs to the edge of its range counts as B_crit
-    inf (above) or 0 (below); one without an answer widens both ends (``RefitBootstrap``);
-    when their share exceeds (1 - ci) / 2 that end is unbounded and the reason says so.
-    With under 3 frontier points there is no fit to redo: the result is that of
-    ``critical_batch_size`` (NaN interval, ``bootstrap`` None).
+    (``metric``, one row per ``batch_col``; ``frontier``: that frontier, already computed with
+    these arguments). The interval of B_crit: ``n_boot`` times, the trials with status in
+    ``statuses`` are resampled with replacement within each batch size (stratified: each batch
+    size keeps its number of trials; a trial that never reached the target counts as infinitely
+    slow, so a resample can lose a batch size's point), each batch size's minimum is retaken and
+    the McCandlish curve refitted (``curve_fit``, as for the point) to the batch sizes that kept
+    a point. The ``ci`` percentile interval of the refits is ``b_crit_fit_lower`` ..
+    ``b_crit_fit_upper`` (``interval`` "trial bootstrap"), so it carries how noisy each frontier
+    point is, which the covariance interval (kept as ``b_crit_cov_*``) does not. A refit that
+    runs to the edge of its range counts as B_crit inf (above) or 0 (below); one without an
+    answer widens both ends (``RefitBootstrap``); when their share exceeds (1 - ci) / 2 that end
+    is unbounded and the reason says so. With under 3 frontier points there is no fit to redo:
+    the result is that of ``critical_batch_size`` (NaN interval, ``bootstrap`` None).
 
-    What it covers: on planted curves with 5 trials per batch size the 95% interval held
-    B_crit in 90-98% of 50 studies (tests/test_analysis_bootstrap.py). A minimum over more
-    trials is lower, so when batch sizes had very different numbers of trials the point is
-    biased (4x more trials at the small batch sizes: B_crit -15%, covered 32% of the time)
-    and neither interval accounts for it. The fastest of n trials sits above the best-tuned
-    value by about 1/n of the trials' spread near it, so ``fit_reason`` says so when
-    1/n_min - 1/n_max > 0.2 over the batch sizes fitted (2 vs 4 trials, 3 vs 8; never with
-    5 or more everywhere). One
-    ``numpy.random.default_rng(seed)`` draws the batch sizes in increasing order;
-    identical resampled frontiers are fitted once (about 1 ms a fit; 1000 resamples of 7
-    batch sizes take under a second). ``scipy.stats.bootstrap`` would resample the batch
-    sizes independently too, but it refuses a batch size with one trial and would refit
-    every resample; the resampling here is one vectorised draw per batch size.
+    What it covers: on planted curves with 5 trials per batch size the 95% interval held B_crit
+    in 90-98% of 50 studies (tests/test_analysis_bootstrap.py). A minimum over more trials is
+    lower, so when batch sizes had very different numbers of trials the point is biased (4x more
+    trials at the small batch sizes: B_crit -15%, covered 32% of the time) and neither interval
+    accounts for it. The fastest of n trials sits above the best-tuned value by about 1/n of the
+    trials' spread near it, so ``fit_reason`` says so when 1/n_min - 1/n_max > 0.2 over the
+    batch sizes fitted (2 vs 4 trials, 3 vs 8; never with 5 or more everywhere). One
+    ``numpy.random.default_rng(seed)`` draws the batch sizes in increasing order; identical
+    resampled frontiers are fitted once (about 1 ms a fit; 1000 resamples of 7 batch sizes take
+    under a second). ``scipy.stats.bootstrap`` would resample the batch sizes independently too,
+    but it refuses a batch size with one trial and would refit every resample; the resampling
+    here is one vectorised draw per batch size.
     """
     check_positive(n_boot, "n_boot")
-    frontier = steps_to_target_frontier(trials, direction, metric, by=batch_col, ci=ci,
-                                        statuses=statuses, objective=objective)
+    if frontier is None:
+        frontier = steps_to_target_frontier(trials, direction, metric, by=batch_col, ci=ci,
+                                            statuses=statuses, objective=objective)
     cbs = critical_batch_size(frontier, batch_col, metric.removesuffix("_to_target"),
                               gns=gns, ci=ci, excess=excess)
     if cbs.points["examples_ratio"].notna().sum() < 3:

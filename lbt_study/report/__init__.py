@@ -2,15 +2,16 @@
 
 ``write_report(run_dir)`` reads the result tables and study.json (``reading``), runs the
 pure analyses (``lbt_study.analysis.summary.analyze``), turns their output into sections of
-text, tables and figures (``sections``; the figures only draw what the analyses returned,
-see ``figures``), and writes them into the report directory: report.html (self-contained:
-figures embedded as base64 PNG, inline CSS, no scripts; ``html``), report.md (the same
-content, figures as PNG files beside it; ``markdown``) and one CSV per analysis table. An
-analysis that cannot be computed (no target, too few batch sizes, no trial reached the
-target, no noise-scale measurements, ...) shows its reason where its figure would be; no
-number is made up and no exception escapes for a finished, partial or failed study. Every
-string that came from the user (study name, workload, norms, error messages, fixed
-settings, table cells) is HTML-escaped.
+text, tables and figures (``sections``, one module per section, each a ``SectionSpec`` of
+``framework`` rendering the typed results; the figures only draw what the analyses
+returned, see ``figures``), and writes them into the report directory: report.html
+(self-contained: figures embedded as base64 PNG, inline CSS, no scripts; ``html``),
+report.md (the same content, figures as PNG files beside it; ``markdown``) and one CSV per
+analysis table. An analysis that cannot be computed (no target, too few batch sizes, no
+trial reached the target, no noise-scale measurements, ...) shows its reason where its
+figure would be; no number is made up, and for a finished, partial or failed study no
+exception escapes but a bug's. Every string that came from the user (study name, workload,
+norms, error messages, fixed settings, table cells) is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import pandas as pd
 
 from lbt_study.analysis.summary import add_targets_from_history, analyze
 from lbt_study.errors import UserError
+from lbt_study.records.rundir import REPORT_DIR
 from lbt_study.report.document import Figure, Reason, Section, Table, Text
 from lbt_study.report.html import render_html
 from lbt_study.report.markdown import render_markdown
 from lbt_study.report.reading import read_study, read_tables
 from lbt_study.report.sections import FIGURES, SECTIONS, TABLES, build_sections
-from lbt_study.rundir import REPORT_DIR
 
 HTML_FILE, MARKDOWN_FILE = "report.html", "report.md"
 

@@ -368,3 +368,27 @@ def pareto_figure(front: pd.DataFrame, x: str, y: str) -> bytes:
     ax.set_title("Pareto front: final objective vs training seconds to target")
     ax.legend(fontsize=7, loc="best")
     return to_png(fig)
+
+
+def steps_by_norm_figure(frontier: pd.DataFrame, critical: pd.DataFrame) -> bytes:
+    """Steps to target of the fastest trial per (norm, B), a line per norm; censored batch
+    sizes marked on the top edge; each norm's McCandlish fit dashed in its colour."""
+    fig, (ax,) = new_figure(1, width=7.5)
+    lines_by_group(ax, frontier, "norm", "steps")
+    colors = group_colors(frontier["norm"])
+    grid = _grid(frontier["batch_size"])
+    fits = critical.set_index("norm") if "norm" in critical else pd.DataFrame()
+    for norm, fit in fits.iterrows():
+        if np.isfinite(fit.get("b_crit", np.nan)) and np.isfinite(fit.get("s_min", np.nan)):
+            ax.plot(grid, fit["s_min"] * (1 + fit["b_crit"] / grid), ls="--", lw=1,
+                    color=colors.get(norm, "#777777"))
+    censored = frontier[frontier["censored"].eq(True)]
+    for _, row in censored.iterrows():
+        ax.annotate("censored", (row["batch_size"], 1), xycoords=("data", "axes fraction"),
+                    ha="center", va="top", fontsize=7, color=colors.get(row["norm"], "#777777"))
+    _log2_batch_axis(ax, frontier["batch_size"])
+    _log_y(ax)
+    ax.set_ylabel("steps to target, fastest trial")
+    ax.set_title("Steps to target per normalization (dashed: each norm's McCandlish fit)")
+    ax.legend(fontsize=7, loc="best", ncols=2)
+    return to_png(fig)

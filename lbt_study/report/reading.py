@@ -7,7 +7,6 @@ as empty tables with a note; one with neither is not a run directory (``UserErro
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +16,11 @@ import pandas as pd
 
 from lbt_study.analysis.summary import StudyInfo
 from lbt_study.errors import UserError
-from lbt_study.results import load_results
-from lbt_study.rundir import STUDY_JSON, TRIALS, has_table, table_paths
-from lbt_study.schema import DIRECTIONS
+from lbt_study.records.record import StudyRecord
+from lbt_study.records.results import load_results
+from lbt_study.records.rundir import STUDY_JSON, TRIALS, has_table, table_paths
+from lbt_study.records.schema import DIRECTIONS
+from lbt_study.train.config import CROSSINGS
 
 
 def read_study(run_dir: Path) -> StudyInfo:
@@ -29,16 +30,15 @@ def read_study(run_dir: Path) -> StudyInfo:
 
 def _study_json(run_dir: Path) -> StudyInfo:
     """study.json of ``run_dir``: direction and target checked, nothing guessed when absent."""
-    path = run_dir / STUDY_JSON
-    if not path.is_file():
-        return StudyInfo({}, None, None, (f"{path.name} is missing: the study's name, objective "
-                                          "direction and target are unknown (nothing is guessed)",))
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return StudyInfo({}, None, None, (f"{path.name} could not be read: {exc}",))
-    if not isinstance(meta, dict):
-        return StudyInfo({}, None, None, (f"{path.name} does not hold a JSON object",))
+    try:  # read leniently: the report says what is wrong with each field and goes on
+        meta = StudyRecord.raw(run_dir)
+    except UserError as exc:
+        return StudyInfo({}, None, None, (f"{exc}: the study's name, objective direction and "
+                                          "target are unknown (nothing is guessed)",))
+    if meta is None:
+        return StudyInfo({}, None, None, (f"{STUDY_JSON} is missing: the study's name, "
+                                          "objective direction and target are unknown "
+                                          "(nothing is guessed)",))
     problems = []
     direction = meta.get("objective_direction")
     if direction not in DIRECTIONS:
@@ -55,8 +55,9 @@ def _study_json(run_dir: Path) -> StudyInfo:
         problems.append(f"targets is {targets!r}, not a list of numbers: only the target is "
                         "measured")
         targets = [target] if target is not None else []
+    crossing = _crossing(meta, problems)
     return StudyInfo(meta, direction, target, tuple(problems),
-                     targets=tuple(float(t) for t in targets))
+                     targets=tuple(float(t) for t in targets), target_crossing=crossing)
 
 
 def _is_number(value: Any) -> bool:
@@ -83,3 +84,14 @@ def results_written(run_dir: Path) -> str | None:
             stamp = dt.datetime.fromtimestamp(path.stat().st_mtime)
             return stamp.isoformat(timespec="seconds")
     return None
+
+
+def _crossing(meta: dict, problems: list[str]) -> str:
+    """The rule study.json records (``confirmed`` when absent: the only rule before the
+    setting existed)."""
+    rule = meta.get("target_crossing", "confirmed")
+    if rule not in CROSSINGS:
+        problems.append(f"target_crossing is {rule!r}, not one of {tuple(CROSSINGS)}: the "
+                        "confirmed rule is assumed")
+        return "confirmed"
+    return rule

@@ -9,19 +9,13 @@ checkpoint times the rule's factor).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from lbt_study.errors import UserError
+from lbt_study.train.config import checkpoint_step
 from lbt_study.train.setup import Parts
-
-
-def checkpoint_step(fraction: float, total_steps: int) -> int:
-    """The step nearest ``fraction`` of a constant-batch run of ``total_steps`` (at least 1;
-    halves round up)."""
-    return min(total_steps, max(1, math.floor(fraction * total_steps + 0.5)))
 
 
 def state_path(states_dir: str | Path, fraction: float) -> Path:

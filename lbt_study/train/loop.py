@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lbt_study.config import TrainConfig
 from lbt_study.train.branching import StateSaver, start_from_state
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.measurements.active import ActiveMeasurements
 from lbt_study.train.rows import Checkpointer, Reporter, Row, RowBuilder
 from lbt_study.train.setup import Cadence, Parts, agreed, assemble
 from lbt_study.train.state import TrainState
@@ -34,6 +35,7 @@ class Loop:
                  checkpoint: Checkpointer | None) -> None:
         self.parts, self.state = parts, state
         self.report, self.checkpoint = report, checkpoint
+        self.measurements = state.measurements
         self.rows = RowBuilder(parts, state)
         self.eval_at = parts.schedule.eval_steps(parts.cfg)
         self.checkpoints = Cadence(parts.cfg.checkpoint_every_s, parts.device)
@@ -99,19 +101,16 @@ class Loop:
         return self.state.at_target >= cfg.stop_at_target_patience
 
     def advance(self, step: int) -> tuple[float, float, int]:
-        """Take step ``step`` and update the SWA average: (mean minibatch loss over
-        workers, seconds, examples)."""
+        """Take step ``step``, then the measurements' ``after_update`` (the SWA average):
+        (mean minibatch loss over workers, seconds, examples)."""
         p, state = self.parts, self.state
         state.step = step
         plan = p.schedule.plan_at(step)
-        if p.noise is not None:
-            p.noise.use_plan(plan)
-        mean_loss, seconds = timed_step(p, plan, step)
+        mean_loss, seconds = timed_step(p, plan, step, self.measurements)
         self.saver.after(step)
         state.train_seconds += seconds
         state.step_times.append(seconds)
-        if p.swa is not None and step >= p.swa_from:
-            p.swa.update_parameters(p.model)
+        self.measurements.after_update(step)
         return mean_loss, seconds, plan.global_batch_size
 
     def diverged(self, step: int, mean_loss: float) -> str | None:
@@ -139,7 +138,7 @@ def run_training(
     runner sets it to the trial's ``cpus_per_worker``).
     """
     parts = assemble(cfg, device or torch.device("cpu"), resume)
-    state = TrainState(parts)
+    state = TrainState(parts, ActiveMeasurements.build(parts))  # before any weights load
     if resume is not None:
         state.load_state_dict(resume)
     elif cfg.init_state:  # a branch: the base run's weights and optimizer state

@@ -1,15 +1,14 @@
 """What a trial reports: evaluations, and the rows that end it.
 
-Every row has the documented history columns (``lbt_study.schema.HISTORY_COLUMNS``, with the
+Every row has the documented history columns (``lbt_study.records.schema.HISTORY_COLUMNS``, with the
 workload's ``train_<metric>``/``val_<metric>``) and the trial-level keys of
-``lbt_study.schema.TRIAL_ONLY_KEYS``, which go to the trials table only. The first row and
+``lbt_study.records.schema.TRIAL_ONLY_KEYS``, which go to the trials table only. The first row and
 the last carry ``config_as_run`` (the parsed config as JSON), ``learning_rate`` and
 ``batch_schedule``, so the driver records what the trial ran without parsing anything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
@@ -18,18 +17,14 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.optim import swa_utils
 
-from lbt_study.device import PLAIN, GpuSettings, gather
-from lbt_study.measure import peak_memory_bytes, top_hessian_eigenvalue
-from lbt_study.norms import hybrid_alpha
-from lbt_study.train.noise import gns_simple_reason, read_gradient_noise, read_noise_scale
-from lbt_study.train.precise_bn import PreciseBN
+from lbt_study.train.device import PLAIN, GpuSettings, gather
+from lbt_study.train.measure import peak_memory_bytes
+from lbt_study.train.measurements.contract import Row
 from lbt_study.train.setup import Parts, world
 from lbt_study.train.state import TrainState
-from lbt_study.workload import Workload
+from lbt_study.train.workload import Workload
 
-Row = dict[str, float | int | str | None]
 Reporter = Callable[[Row], None]
 Checkpointer = Callable[[Row, dict], None]
 """Called instead of the reporter when checkpointing: the row and the full training state."""
@@ -112,11 +107,12 @@ class Interval:
 
 
 class RowBuilder:
-    """Builds a trial's rows from its parts and state."""
+    """Builds a trial's rows from its parts, state and measurements."""
 
     def __init__(self, parts: Parts, state: TrainState) -> None:
         self.parts, self.state, self.interval = parts, state, Interval()
-        self.precise = PreciseBN.attach(parts)
+        self.measurements = state.measurements
+        self.about = self.measurements.about()
 
     def evaluation(self, step: int, status: str, model: nn.Module | None = None) -> Row:
         """Evaluate (train subset and validation set, eval mode) and build the row."""
@@ -124,7 +120,7 @@ class RowBuilder:
         p = self.parts
         model = model or p.model
         sub = p.train_eval_idx.to(p.data.x_train.device)
-        with self.statistics(model, step):
+        with self.measurements.around_evaluation(model, step):
             train = evaluate(model, p.data.x_train[sub], p.data.y_train[sub], p.workload,
                              p.device, settings=p.gpu)
             val = evaluate(model, p.data.x_val, p.data.y_val, p.workload, p.device,
@@ -139,33 +135,19 @@ class RowBuilder:
         if "accuracy" in val:
             row["gap_accuracy"] = train["accuracy"] - val["accuracy"]
         row.update(self.interval.take(p))
-        row.update(read_noise_scale(p.noise))
-        row.update(read_gradient_noise(p.gns_probe, model, p.schedule.plan_at(step)))
-        row["weight_distance"] = p.weight_distance(model)
+        row.update(self.measurements.evaluation(model, step, row))
         if p.size > 1:
             row["replica_spread"] = replica_spread(p.model, p.device)
         self.state.eval_seconds += time.perf_counter() - t0
         return self.finish(row, step, status)
 
-    def statistics(self, model: nn.Module, step: int) -> contextlib.AbstractContextManager:
-        """Precise BN around an evaluation (the SWA average has its own, from update_bn)."""
-        if self.precise is None or model is not self.parts.model:
-            return contextlib.nullcontext()
-        return self.precise.recomputed(model, self.parts.schedule.plan_at(step).micro_batch_size)
-
     def final(self, row: Row | None = None) -> Row:
-        """The last evaluation, at the current step: of the weight average under SWA; with
-        sharpness if asked. ``row``: this step's evaluation when the trial stops at its
-        target (reused unless SWA's average must be evaluated)."""
+        """The last evaluation, at the current step, of the final model (the weight average
+        under SWA), with the measurements' final columns. ``row``: this step's evaluation
+        when the trial stops at its target (reused unless the final model is another)."""
         p, state = self.parts, self.state
-        model = p.model
-        if p.swa is not None:
-            micro = p.schedule.plan_at(state.step).micro_batch_size
-            batches = (p.gpu.prepare(gather(p.data.x_train, i, p.device)) for i in
-                       torch.arange(len(p.data.x_train)).split(micro))
-            swa_utils.update_bn(batches, p.swa)
-            model = p.swa.module
-        if row is None or p.swa is not None:
+        model = self.measurements.final_model(p.model, state.step)
+        if row is None or model is not p.model:
             row = self.evaluation(state.step, "ok", model)
         row["status"] = "ok"
         row["stopped_at_target"] = state.step < p.schedule.total_steps
@@ -173,12 +155,7 @@ class RowBuilder:
         row["mfu_run"] = p.flops_per_example * run_throughput / (p.peak_flops * p.size)
         row["step_time_median_run"] = statistics.median(state.step_times)
         row["step_time_p90_run"] = quantile(state.step_times, 0.9)
-        row["hybrid_alpha"] = hybrid_alpha(model)
-        row["swa"] = p.swa is not None
-        if p.cfg.sharpness_examples:
-            xb, yb = p.batch(p.train_eval_idx[: p.cfg.sharpness_examples])
-            row["sharpness"] = top_hessian_eigenvalue(model, p.workload.loss, xb, yb,
-                                                      iters=p.cfg.sharpness_iters)
+        row.update(self.measurements.final(model))
         return self.with_config(row)
 
     def stopped(self, step: int, status: str, error: str) -> Row:
@@ -193,6 +170,7 @@ class RowBuilder:
         """The trial-level keys every row carries."""
         p, state = self.parts, self.state
         plan = p.schedule.plan_at(step)
+        row.update({f"{name}_seconds": s for name, s in self.measurements.seconds.items()})
         row.update(
             train_seconds=state.train_seconds, eval_seconds=state.eval_seconds,
             world_size=p.size, total_steps=p.schedule.total_steps,
@@ -205,11 +183,10 @@ class RowBuilder:
         return row
 
     def with_config(self, row: Row) -> Row:
-        """Add what the trial ran: its config, learning rate and batch schedule, and why
-        gns_simple is not measured (None where it is)."""
+        """Add what the trial ran: its config, learning rate and batch schedule, and the
+        measurements' ``about`` keys (why gns_simple is not measured, None where it is)."""
         p = self.parts
         row.update(config_as_run=p.cfg.model_dump_json(),
                    learning_rate=p.schedule.learning_rate,
-                   batch_schedule=p.schedule.describe(),
-                   gns_simple_reason=gns_simple_reason(p.cfg, p.schedule, p.size))
+                   batch_schedule=p.schedule.describe(), **self.about)
         return row

@@ -1,11 +1,13 @@
 """Setting up one trial, in one readable order (``assemble``):
 
 data -> batch schedule -> model with its norms -> GPU placement -> memory probe -> FLOPs ->
-optimizer and learning-rate schedule -> DDP -> noise-scale probe -> SWA.
+optimizer and learning-rate schedule -> DDP.
 
-The probe runs before DDP wraps the model (it may shrink micro-batches; a backward through
-DDP would trigger its reducer), and the module is compiled before DDP wraps it, so DDP's
-``no_sync`` and the noise-scale comm hook work on the compiled module.
+The memory probe runs before DDP wraps the model (it may shrink micro-batches; a backward
+through DDP would trigger its reducer), and the module is compiled before DDP wraps it, so
+DDP's ``no_sync`` and the measurements' communication hook work on the compiled module. The
+measurements (``lbt_study.train.measurements``) are built from the assembled parts, then a
+checkpoint's or a branch's weights are loaded (``lbt_study.train.loop.run_training``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim import Optimizer, lr_scheduler, swa_utils
+from torch.optim import Optimizer, lr_scheduler
 
-from lbt_study.batching import BatchPlan, BatchSchedule
-from lbt_study.config import TrainConfig
-from lbt_study.device import (
+from lbt_study.errors import UserError
+from lbt_study.train.batching import BatchPlan, BatchSchedule
+from lbt_study.train.config import TrainConfig
+from lbt_study.train.device import (
     GpuSettings,
     data_bytes,
     gather,
@@ -32,13 +35,16 @@ from lbt_study.device import (
     place_data,
     world,
 )
-from lbt_study.errors import UserError
-from lbt_study.measure import device_peak_flops, flops_per_example, restored
-from lbt_study.norms import NormSpec, use_torch_sync_bn
-from lbt_study.optim import make_optimizer, make_scheduler
-from lbt_study.sampling import IndexStream, StratifiedStream, make_stream
-from lbt_study.train.noise import GradientNoiseProbe, NoiseScaleProbe
-from lbt_study.workload import Data, Workload, cast_inputs, get_workload
+from lbt_study.train.measure import (
+    device_peak_flops,
+    flops_per_example,
+    is_out_of_memory,
+    restored,
+)
+from lbt_study.train.norms import NormSpec, use_torch_sync_bn
+from lbt_study.train.optim import make_optimizer, make_scheduler
+from lbt_study.train.sampling import IndexStream, StratifiedStream, make_stream
+from lbt_study.train.workload import Data, Workload, cast_inputs, get_workload
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -94,21 +100,6 @@ class Parts:
     ddp: DDP | None = None
     opt: Optimizer | None = field(default=None, repr=False)
     sched: lr_scheduler.LRScheduler | None = field(default=None, repr=False)
-    noise: NoiseScaleProbe | None = None
-    gns_probe: GradientNoiseProbe | None = None
-    """The evaluation-time noise-scale probe (None when ``gns_probe_examples`` is 0)."""
-    swa: swa_utils.AveragedModel | None = None
-    initial_params: list[Tensor] = field(default_factory=list, repr=False)
-    """The parameters at initialisation (seeded, so a resumed trial has the same ones), for
-    the distance travelled (``weight_distance``)."""
-
-    def weight_distance(self, model: nn.Module) -> float:
-        """||w - w_0||: the Euclidean distance of the parameters from initialisation (Hoffer
-        et al. 2017 find it grows like log(steps), slower at a larger batch size)."""
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for now, start in zip(model.parameters(), self.initial_params, strict=True):
-            total += (now.detach().double() - start.double()).pow(2).sum()
-        return math.sqrt(total.item())
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Training inputs (in the model's memory format) and targets of ``idx``, on device."""
@@ -120,16 +111,11 @@ class Parts:
         with self.gpu.autocast(self.device):
             return self.loss(self.gpu.output(net(xb)), yb)
 
-    @property
-    def swa_from(self) -> int:
-        """First step whose weights enter the SWA average."""
-        return math.ceil((self.cfg.swa_start or 1.0) * self.schedule.total_steps)
-
 
 def assemble(cfg: TrainConfig, device: torch.device, resume: dict | None = None) -> Parts:
     """Build a trial's parts in the order of the module docstring; ``resume`` is a
-    checkpointed state (its micro-batches and model weights are used here, the rest by
-    ``TrainState.load_state_dict``)."""
+    checkpointed state (its micro-batches are used here, the rest, model weights included,
+    by ``TrainState.load_state_dict``)."""
     rank, size = world()
     if size != cfg.workers:
         raise UserError(f"config asks for {cfg.workers} workers but world size is {size}")
@@ -141,17 +127,14 @@ def assemble(cfg: TrainConfig, device: torch.device, resume: dict | None = None)
     stream = make_stream(cfg, data.y_train, min(schedule.step_batch), workload.name)
     model = build_model(cfg, workload, device)
     gpu, model, data = place(cfg, device, model, data)
-    initial = [p.detach().clone() for p in model.parameters()]
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the fixed train-evaluation subset
     subset = torch.randperm(n, generator=gen)[: min(cfg.train_eval_examples, n)]
     parts = Parts(cfg, device, rank, size, workload, loss, data, schedule, stream, gpu, model,
                   subset)
-    parts.initial_params = initial
     if resume is None:
         fit_memory(parts)
     else:
         parts.schedule = schedule.with_micro_batches(resume["micro"])
-        model.load_state_dict(resume["model"])
     parts.flops_per_example = count_flops(parts)
     parts.peak_flops = device_peak_flops(device, gpu.peak_dtype(cfg.dtype))
     _optimize_and_wrap(parts)
@@ -159,7 +142,7 @@ def assemble(cfg: TrainConfig, device: torch.device, resume: dict | None = None)
 
 
 def _optimize_and_wrap(parts: Parts) -> None:
-    """Optimizer and learning-rate schedule, then DDP, the noise-scale probes and SWA."""
+    """Optimizer and learning-rate schedule, then DDP."""
     cfg, schedule, model, device = parts.cfg, parts.schedule, parts.model, parts.device
     parts.opt = make_optimizer(cfg.optimizer, model.parameters(), lr=schedule.learning_rate,
                                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -170,10 +153,6 @@ def _optimize_and_wrap(parts: Parts) -> None:
     if parts.size > 1:
         net = parts.ddp = DDP(net, device_ids=[device] if device.type == "cuda" else None)
     parts.net = net
-    if cfg.measure_gns:
-        parts.noise = NoiseScaleProbe.attach(schedule, model, parts.ddp, cfg.gns_ema, device)
-    parts.gns_probe = GradientNoiseProbe.build(cfg, parts.data, parts.loss, device)
-    parts.swa = swa_utils.AveragedModel(model) if cfg.swa_start else None
 
 
 def training_loss(cfg: TrainConfig, workload: Workload) -> LossFn:
@@ -210,20 +189,30 @@ def place(cfg: TrainConfig, device: torch.device, model: nn.Module,
     return settings, model, data
 
 
+PROBE_HEADROOM = 0.10
+"""A micro-batch fits when its trial forward+backward (augmentation included) needs at most
+(1 - PROBE_HEADROOM) of the device memory this process could use when the probe began (free
+memory plus its own cached blocks; another trial on a shared GPU holds the rest): the
+remaining tenth is for what training adds (optimizer state, compiled kernels, the
+allocator's fragmentation). Measured on an H200: ResNet-18 at 65,536 examples fits a bare
+forward+backward at 135 GiB of 140, and the next forward of that size ran out."""
+
+
 def fit_memory(parts: Parts) -> None:
     """For every planned B, the largest micro-batch whose forward+backward fits on every
-    worker, keeping B by more accumulation; sets ``oom_error`` when none fits. All workers
-    try the same sizes in the same order and agree after each (a worker failing alone would
-    leave the others waiting in a collective)."""
+    worker with ``PROBE_HEADROOM`` to spare, keeping B by more accumulation; sets
+    ``oom_error`` when none fits. All workers try the same sizes in the same order and agree
+    after each (a worker failing alone would leave the others waiting in a collective)."""
     cfg, schedule = parts.cfg, parts.schedule
     if not cfg.probe_memory or (parts.device.type != "cuda" and cfg.fault_oom_above is None):
         return
     micro = schedule.micro_batches()
+    budget = _usable_bytes(parts.device)
     for b in sorted(schedule.plans):
         tried = []
         for size in schedule.micro_batch_candidates(b):
             tried.append(size)
-            if _all_fit(parts, size):
+            if _all_fit(parts, size, budget):
                 micro[b] = size
                 break
         else:
@@ -231,31 +220,73 @@ def fit_memory(parts: Parts) -> None:
                                f"{', '.join(map(str, tried))}")
             break
     parts.schedule = schedule.with_micro_batches(micro)
+    if parts.device.type == "cuda":  # the trial's peak memory is its training's, not a try's
+        torch.cuda.reset_peak_memory_stats(parts.device)
 
 
-def _all_fit(parts: Parts, micro: int) -> bool:
-    """Whether one forward+backward of ``micro`` examples fits on every worker."""
+def _usable_bytes(device: torch.device) -> float:
+    """Device memory this process could still take: free plus its own cached blocks (inf
+    on CPU, where only injected out-of-memory errors are probed)."""
+    if device.type != "cuda":
+        return math.inf
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def within_headroom(needed: float, usable: float) -> bool:
+    """Whether a try that took ``needed`` bytes beyond what was allocated before it leaves
+    ``PROBE_HEADROOM`` of ``usable`` free."""
+    return needed <= (1.0 - PROBE_HEADROOM) * usable
+
+
+def _all_fit(parts: Parts, micro: int, usable: float = math.inf) -> bool:
+    """Whether one forward+backward of ``micro`` examples fits on every worker: the work of
+    a training micro-batch, augmentation included, within ``PROBE_HEADROOM`` of
+    ``usable`` bytes."""
     fits = torch.tensor([1.0], device=parts.device)
-    limit = parts.cfg.fault_oom_above
+    limit, cuda = parts.cfg.fault_oom_above, parts.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(parts.device)
+    before = torch.cuda.memory_allocated(parts.device) if cuda else 0
     try:
         with restored(parts.model):
             if limit is not None and micro > limit:
                 raise torch.OutOfMemoryError(f"injected: micro-batch {micro} > {limit}")
             xb, yb = parts.batch(torch.arange(micro) % len(parts.data.x_train))
+            if parts.workload.augment is not None:
+                gen = torch.Generator(device=parts.device).manual_seed(parts.cfg.seed)
+                xb = parts.gpu.prepare(parts.workload.augment(xb, gen))
             parts.forward_loss(parts.model, xb, yb).backward()
-    except torch.OutOfMemoryError:
+            del xb, yb
+        if cuda and not within_headroom(torch.cuda.max_memory_allocated(parts.device)
+                                        - before, usable):
+            fits.zero_()
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
         fits.zero_()
-        if parts.device.type == "cuda":
-            torch.cuda.empty_cache()
+    if cuda and not fits.item():
+        torch.cuda.empty_cache()
     if parts.size > 1:
         dist.all_reduce(fits, op=dist.ReduceOp.MIN)
     return bool(fits.item())
 
 
+FLOP_COUNT_EXAMPLES = 64
+"""FLOPs per example are counted on a batch of about this many (at least the ghost batch
+size): the count per example does not depend on the batch, and a forward of the whole
+micro-batch could run out of memory where the probe left only its headroom."""
+
+
 def count_flops(parts: Parts) -> float:
-    """Forward+backward FLOPs per example (before DDP wraps the model), if asked."""
-    if not parts.cfg.measure_flops:
+    """Forward+backward FLOPs per example (before DDP wraps the model), if asked and some
+    micro-batch fits (a trial that fits none ends ``oom`` without a forward)."""
+    if not parts.cfg.measure_flops or parts.oom_error is not None:
         return math.nan
     plan: BatchPlan = parts.schedule.plan_at(1)
-    xb, yb = parts.batch(torch.arange(plan.micro_batch_size) % len(parts.data.x_train))
+    ghost = parts.cfg.ghost_batch_size if parts.cfg.norm == "ghost_batch" else None
+    unit = ghost or 1
+    size = min(plan.micro_batch_size, max(FLOP_COUNT_EXAMPLES // unit * unit, unit))
+    xb, yb = parts.batch(torch.arange(size) % len(parts.data.x_train))
     return flops_per_example(parts.model, parts.loss, xb, yb)

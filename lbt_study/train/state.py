@@ -1,4 +1,5 @@
-"""What a checkpoint holds: a trial's progress and the state of every stateful part."""
+"""What a checkpoint holds: a trial's progress and the state of every stateful part, the
+measurements' included."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lbt_study.train.measurements.active import ActiveMeasurements
 from lbt_study.train.setup import Parts
 
 
 @dataclass
 class TrainState:
-    """A run's progress (steps, clocks, the first loss, step times) over its ``parts``;
-    ``state_dict`` is everything needed to continue exactly where this step left off."""
+    """A run's progress (steps, clocks, the first loss, step times) over its ``parts`` and
+    ``measurements``; ``state_dict`` is everything needed to continue exactly where this step
+    left off."""
 
     parts: Parts = field(repr=False)
+    measurements: ActiveMeasurements = field(repr=False)
     step: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -26,14 +30,13 @@ class TrainState:
     """Evaluations in a row whose objective reached the target (``stop_at_target``)."""
 
     def state_dict(self) -> dict:
-        """Every worker calls it: the noise-scale state is averaged over workers."""
+        """Every worker calls it (a measurement's state may be averaged over workers)."""
         p = self.parts
         return {
             "step": self.step, "model": p.model.state_dict(),
             "optimizer": p.opt.state_dict(), "scheduler": p.sched.state_dict(),
-            "swa": p.swa.state_dict() if p.swa is not None else None,
             "stream": p.stream.state_dict(), "torch_rng": torch.get_rng_state(),
-            "gns": p.noise.meter.state_dict() if p.noise is not None else None,
+            "measurements": self.measurements.state_dict(),
             "micro": p.schedule.micro_batches(),
             "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
             "first_loss": self.first_loss,
@@ -42,18 +45,16 @@ class TrainState:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """The model weights and micro-batches were restored by ``assemble``."""
+        """The micro-batches were restored by ``assemble``; the measurements were built
+        before this loads the model's weights (``weight_distance`` keeps the initial ones)."""
         p = self.parts
         self.step = int(state["step"])
+        p.model.load_state_dict(state["model"])
         p.opt.load_state_dict(state["optimizer"])
         p.sched.load_state_dict(state["scheduler"])
-        if p.swa is not None and state["swa"] is not None:
-            p.swa.load_state_dict(state["swa"])
         p.stream.load_state_dict(state["stream"])
         torch.set_rng_state(state["torch_rng"])
-        if p.noise is not None and state["gns"] is not None:
-            p.noise.use_plan(p.schedule.plan_at(self.step))  # first: it restarts the EMAs
-            p.noise.meter.load_state_dict(state["gns"])
+        self.measurements.load_state_dict(state["measurements"], self.step)
         self.train_seconds, self.eval_seconds = state["train_seconds"], state["eval_seconds"]
         self.first_loss = float(state["first_loss"])
         self.step_times = state["step_times"].tolist()

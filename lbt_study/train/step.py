@@ -9,16 +9,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lbt_study.batching import BatchPlan
+from lbt_study.train.batching import BatchPlan
+from lbt_study.train.measurements.active import ActiveMeasurements
 from lbt_study.train.setup import Parts
 
 
-def train_step(parts: Parts, plan: BatchPlan, step: int) -> Tensor:
+def train_step(parts: Parts, plan: BatchPlan, step: int,
+               measurements: ActiveMeasurements) -> Tensor:
     """Every worker draws the same global batch, takes its slice and runs
     ``accumulation_steps`` micro-batches (``no_sync`` on all but the last), so DDP averages
-    gradients over exactly B examples. Returns this worker's mean minibatch loss (float64
-    over several micro-batches). One micro-batch, the common case, costs no extra ops."""
-    ddp, noise = parts.ddp, parts.noise
+    gradients over exactly B examples, calling the measurements' step hooks. Returns this
+    worker's mean minibatch loss (float64 over several micro-batches). One micro-batch, the
+    common case, costs no extra ops."""
+    ddp = parts.ddp
     idx = parts.stream.take(plan.global_batch_size)
     mine = idx if parts.size == 1 else parts.schedule.worker_slice(idx, parts.rank, plan)
     if not parts.model.training:  # evaluation puts the whole model in eval mode
@@ -26,8 +29,7 @@ def train_step(parts: Parts, plan: BatchPlan, step: int) -> Tensor:
     parts.opt.zero_grad(set_to_none=True)
     micro_batches = mine.split(plan.micro_batch_size) if plan.accumulation_steps > 1 \
         else (mine,)
-    if noise is not None:
-        noise.start_step()
+    measurements.start_step(step, plan)
     losses = []
     for j, part in enumerate(micro_batches):
         sync = ddp is None or j == len(micro_batches) - 1
@@ -35,11 +37,9 @@ def train_step(parts: Parts, plan: BatchPlan, step: int) -> Tensor:
         with contextlib.nullcontext() if sync else ddp.no_sync():
             loss = parts.forward_loss(parts.net, xb, yb)
             (loss if len(micro_batches) == 1 else loss / len(micro_batches)).backward()
-        if noise is not None:
-            noise.after_backward()
+        measurements.after_backward()
         losses.append(loss.detach())
-    if noise is not None:
-        noise.end_step()
+    measurements.end_step()
     parts.opt.step()
     parts.sched.step()
     return losses[0] if len(losses) == 1 else torch.stack(losses).double().mean()
@@ -70,11 +70,12 @@ def mean_over_workers(parts: Parts, local_mean: Tensor) -> float:
     return (pair[0] / pair[1]).item()
 
 
-def timed_step(parts: Parts, plan: BatchPlan, step: int) -> tuple[float, float]:
+def timed_step(parts: Parts, plan: BatchPlan, step: int,
+               measurements: ActiveMeasurements) -> tuple[float, float]:
     """(mean minibatch loss over workers, seconds) of step ``step``, device synchronised."""
     _sync(parts.device)
     t0 = time.perf_counter()
-    mean_loss = mean_over_workers(parts, train_step(parts, plan, step))
+    mean_loss = mean_over_workers(parts, train_step(parts, plan, step, measurements))
     _sync(parts.device)
     return mean_loss, time.perf_counter() - t0
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lbt_study.norms import NormSpec, make_norm
-from lbt_study.workload import ACCURACY, Data, Metric, Workload
+from lbt_study.train.norms import NormSpec, make_norm
+from lbt_study.train.workload import ACCURACY, Data, Metric, Workload
 
 N_TRAIN, N_VAL, FEATURES, CLASSES = 1024, 256, 8, 5
 

@@ -1,0 +1,195 @@
+"""Critical batch size: every estimate of the steps frontier with its interval and how it was
+found, the noise scale beside it, and B_crit at each of the study's targets. Every word of
+the critical table is here: the methods' names, the ``how`` column, the intro."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from lbt_study.analysis.by_target import crossings_disagree
+from lbt_study.analysis.scaling import B0_DOMINATES, CriticalBatchSize
+from lbt_study.analysis.summary import Analyses, AnalysisSettings
+from lbt_study.report import figures
+from lbt_study.report.document import Item, Text
+from lbt_study.report.framework import Csv, FigurePart, ItemsPart, SectionSpec, TablePart
+
+CRITICAL_COLUMNS = ("method", "b_crit", "lower", "upper", "ratio_to_b_crit", "s_min", "e_min",
+                    "how", "reason")
+COVARIANCE = ("which takes every frontier point as equally noisy, judged from their scatter "
+              "about the curve")
+"""What the fit's covariance interval assumes (the covariance row's how, and the intro)."""
+
+
+def critical_labels(s: AnalysisSettings) -> dict[str, str]:
+    """What each method of ``CriticalBatchSize.estimates`` is called in the report."""
+    return {"mccandlish_fit": "McCandlish et al. 2018 fit",
+            "mccandlish_fit_cov": "McCandlish et al. 2018 fit, covariance interval",
+            "zhang_20pct": f"Zhang et al. 2024 {s.zhang_excess:.0%} rule",
+            "gns_simple": "gradient noise scale B_simple (measured)"}
+
+
+def critical_how(cbs: CriticalBatchSize, s: AnalysisSettings, gns_words: str) -> dict[str, str]:
+    """How each row of ``CriticalBatchSize.estimates`` was found, in words."""
+    fit = "S(B) = S_min (1 + B_crit/B) fitted to the steps frontier"
+    boot = cbs.bootstrap
+    interval = (f"{cbs.ci:.0%} percentile interval of the fit redone on {boot.n_boot} "
+                f"trial-level bootstrap resamples (trials resampled within each batch size, "
+                f"seed {boot.seed})" if boot is not None else
+                f"{cbs.ci:.0%} interval from the fit's covariance")
+    e = s.zhang_excess
+    b0 = f"B0 = {cbs.b0:g}; " if math.isfinite(cbs.b0) else ""
+    return {"mccandlish_fit": f"{fit}; {interval}",
+            "mccandlish_fit_cov": f"the same fit; {cbs.ci:.0%} interval from the fit's "
+                                  f"covariance, {COVARIANCE}",
+            "zhang_20pct": f"steps {e:.0%} above perfect scaling from the smallest B ({b0}on "
+                           f"a McCandlish curve {1 + e:g} B0 + {e:g} B_crit)",
+            "gns_simple": gns_words}
+
+
+def critical_table(a: Analyses) -> pd.DataFrame:
+    """The estimates of result ``critical`` with how each was found (``CRITICAL_COLUMNS``):
+    critical_batch_size.csv."""
+    found = a.results.critical.value
+    how = critical_how(found.cbs, a.settings, found.gns_how or "no measurement")
+    table = found.table.assign(how=found.table["method"].map(how))
+    return table[list(CRITICAL_COLUMNS)]
+
+
+def _intro(a: Analyses) -> str:
+    e = a.settings.zhang_excess
+    return ("McCandlish et al. (2018): steps and examples trade off as "
+            "(S/S_min - 1)(E/E_min - 1) = 1 with B_crit = E_min/S_min, and the simple gradient "
+            "noise scale B_simple = tr(Sigma)/|G|^2 predicts B_crit. Zhang et al. (2024): the "
+            f"batch size at which steps to target are {e:.0%} above perfect linear scaling; "
+            f"on an exact McCandlish curve that is {1 + e:g} B0 + {e:g} B_crit (B0: the "
+            f"smallest batch size measured), so it is never below {1 + e:g} B0 and moves "
+            f"with where the sweep starts. {_interval_words(a)} ratio_to_b_crit: the "
+            "estimate over the fitted B_crit. A dash means not computed; the reason column "
+            "says why.")
+
+
+def _interval_words(a: Analyses) -> str:
+    """How the fit's interval was computed, in one sentence."""
+    cbs = a.results.critical.value.cbs
+    boot = cbs.bootstrap
+    if boot is None:
+        return (f"The fit's {cbs.ci:.0%} interval comes from its covariance (the scatter of "
+                "the frontier points about the curve).")
+    return (f"The fit's {cbs.ci:.0%} interval: the trials of each batch size were resampled "
+            f"with replacement {boot.n_boot} times (seed {boot.seed}), the fastest per batch "
+            "size retaken and the curve refitted each time; it is the middle "
+            f"{cbs.ci:.0%} of those refits (a refit running off the batch sizes measured "
+            f"counts as unbounded). The covariance row is the same fit's textbook interval, "
+            f"{COVARIANCE}.")
+
+
+def _notes(a: Analyses) -> list[Item]:
+    """The Zhang flag, and B_simple against B_crit, in words."""
+    cbs = a.results.critical.value.cbs
+    items: list[Item] = []
+    if cbs.zhang_b0_share > B0_DOMINATES:
+        items.append(Text(f"Note: Zhang et al. 2024 rule: {cbs.zhang_reason}."))
+    if pd.notna(cbs.gns) and pd.notna(cbs.b_crit_fit):
+        items.append(Text(f"B_simple / B_crit = {cbs.gns / cbs.b_crit_fit:.3g} (B_simple "
+                          f"{cbs.gns:.4g}, B_crit {cbs.b_crit_fit:.4g}); McCandlish et al. "
+                          "(2018) predict B_crit close to the noise scale, which B_simple "
+                          "approximates."))
+    return items
+
+
+def _shown(a: Analyses) -> pd.DataFrame:
+    table = critical_table(a)
+    labels = table["method"].map(critical_labels(a.settings)).fillna(table["method"])
+    return table.assign(method=labels)
+
+
+def _gns_caption(a: Analyses) -> str:
+    curves = a.results.gns_curves.value
+    if curves.fallback:
+        return ("None of the best trials measured the noise scale: B_simple over training "
+                "for the best trial at each batch size among those that measured it "
+                "(more than one worker, or accumulation steps).")
+    return (f"Gradient noise scale B_simple ({curves.source}) over training, for the best "
+            "trial (by final_objective) at each batch size that measured it.")
+
+
+BY_TARGET_CAPTION = (
+    "The McCandlish B_crit at each of the study's targets: the history measured again at each "
+    "threshold (the crossing interpolated), the frontier retaken and the curve refitted, with "
+    "the trial-bootstrap interval of the table above. McCandlish et al. (2018) and Zhang et "
+    "al. (2024) find it grows as the target gets harder.")
+GNS_CAPTION = (
+    "The noise scale of the best trial per batch size: gns_at_target (the evaluation-time "
+    "probe at the evaluation that reached the target), final_gns_probe (at the last "
+    "evaluation) and "
+    "final_gns_simple (the DDP / accumulation estimator, where measured)")
+
+
+def _crossing_words(a: Analyses) -> list[Item]:
+    """Which rule the table above used, and a sentence when the rules disagree."""
+    table = a.results.critical_by_crossing.value
+    rule = a.study.target_crossing
+    items: list[Item] = [Text(
+        f"The table above measures the target's crossing by the {rule!r} rule "
+        f"(target_crossing; {CROSSING_RULES}). The same trials under both rules:")]
+    if crossings_disagree(table):
+        shown = "; ".join(f"{r}: {b:.4g} [{lo:.4g}, {hi:.4g}]" for r, b, lo, hi in zip(
+            table["target_crossing"], table["b_crit"], table["lower"], table["upper"],
+            strict=True))
+        items.append(Text(f"Note: the two rules disagree beyond their intervals ({shown}): "
+                          "on this study B_crit depends on which evaluation counts as "
+                          "reaching the target more than on the trials resampled; read it "
+                          "with the rule named."))
+    return items
+
+
+CROSSING_RULES = ("first: the first evaluation that reaches the target, Shallue et al. 2018's "
+                  "steps to result; confirmed: the first whose next evaluation reaches it "
+                  "too")
+CROSSING_CAPTION = ("The McCandlish B_crit at the study's target under each crossing rule, "
+                    "the history measured again under each (the same trials, the same "
+                    "bootstrap resamples).")
+
+
+NORM_CAPTION = ("The McCandlish B_crit of each normalization on its own: its trials' frontier "
+                "(the fastest per batch size), the fit and its trial-bootstrap interval, as "
+                "above; censored: batch sizes none of whose trials reached the target within "
+                "the budget, left out of that norm's fit.")
+
+
+def _by_norm(a: Analyses) -> bool:
+    return len(a.results.critical_by_norm.value) > 0
+
+
+def _by_target(a: Analyses) -> bool:
+    return len(a.results.critical_by_target.value) > 0
+
+
+def _gns(a: Analyses) -> bool:
+    return len(a.results.gns.value) > 0
+
+
+SECTION = SectionSpec(
+    "Critical batch size", ("critical",), _intro,
+    (TablePart(_shown, CRITICAL_COLUMNS, csv="critical_batch_size"),
+     ItemsPart(_notes),
+     TablePart(lambda a: a.results.critical_by_norm.value, caption=NORM_CAPTION,
+               csv="critical_by_norm", needs="critical_by_norm", when=_by_norm),
+     ItemsPart(_crossing_words, needs="critical_by_crossing"),
+     TablePart(lambda a: a.results.critical_by_crossing.value, caption=CROSSING_CAPTION,
+               csv="critical_by_crossing", needs="critical_by_crossing"),
+     TablePart(lambda a: a.results.critical_by_target.value, caption=BY_TARGET_CAPTION,
+               csv="critical_by_target", needs="critical_by_target", when=_by_target),
+     TablePart(lambda a: a.results.gns.value, caption=GNS_CAPTION, csv="gns", when=_gns,
+               needs="gns"),
+     FigurePart("gns", lambda a: figures.gns_figure(a.results.gns_curves.value.rows),
+                _gns_caption, needs="gns_curves")),
+    (Csv("critical_batch_size", "critical", critical_table),
+     Csv("critical_by_target", "critical_by_target", when=_by_target),
+     Csv("critical_by_crossing", "critical_by_crossing"),
+     Csv("critical_by_norm", "critical_by_norm", when=_by_norm),
+     Csv("critical_batch_size_points", "critical",
+         lambda a: a.results.critical.value.cbs.points),
+     Csv("gns", "gns", when=_gns)))
