@@ -155,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     points = grid(args)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         tool_s, run_dir = run_tool(points, args, args.keep or Path(d))
         bare_s = math.nan if args.no_bare else run_bare(points, args)
