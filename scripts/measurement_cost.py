@@ -6,6 +6,8 @@ target: the main job's spec (``search_spaces/digits.py``) at one batch size, one
 Runs the same trial with the measurements as configured and with each switched off, and
 prints training seconds, evaluation seconds, each measurement's seconds (``*_seconds``), the
 number of evaluations and measured probes, and gns_at_target with its standard error.
+'before issue 20' is the measurement settings of the previous default (the probe on 1024
+examples at every evaluation, precise BN on 1024, every step evaluated early) on this trial.
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = {"as configured": {}, "probe off": {"gns_probe_examples": 0},
              "precise BN off": {"precise_bn": False},
              "both off": {"gns_probe_examples": 0, "precise_bn": False},
-             "probe at every evaluation": {"gns_probe_schedule": "evaluation"}}
+             "probe at every evaluation": {"gns_probe_schedule": "evaluation"},
+             "probe of 1024 examples": {"gns_probe_examples": 1024},
+             "before issue 20": {"gns_probe_examples": 1024, "gns_probe_schedule": "evaluation",
+                                 "precise_bn_examples": 1024, "eval_first_step": 1}}
     print(f"B={args.batch_size} norm={args.norm}, medians of {args.repeats}")
     for name, over in cases.items():
         runs = [one(values, **over) for _ in range(args.repeats)]
