@@ -6,6 +6,7 @@ User mistakes end with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import sys
 import time
@@ -15,7 +16,8 @@ from typing import Any, NoReturn
 from lbt_study import __version__
 from lbt_study.errors import UserError
 from lbt_study.records.record import StudyRecord
-from lbt_study.records.rundir import OPTUNA_DB, SPEC, check_optuna_db
+from lbt_study.records.lock import acquire, in_use, live_holder
+from lbt_study.records.rundir import OPTUNA_DB, SPEC, STUDY_JSON, check_optuna_db
 from lbt_study.study.storage import claim, connect, handle_of, recorded, summary_line, url_of
 
 EXIT_USAGE = 2
@@ -128,9 +130,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = connect(args.storage or study.storage)  # unreachable: one line, nothing made
     study = study.model_copy(update={"storage": store.masked if store else None,
                                      "log": _logs(args.log or study.log)})
-    workload = checked.workload
     run_dir = args.run_dir or Path("runs") / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _prepare_run_dir(run_dir)
+    with acquire(run_dir, "run"):
+        return _run_in(run_dir, study, args, module, checked, store, protocol)
+
+
+def _run_in(run_dir: Path, study: Any, args: argparse.Namespace, module: Any, checked: Any,
+            store: Any, protocol: Any) -> int:
+    """``run``, once its run directory is made and held."""
+    workload = checked.workload
     direction = workload.objective_direction
     claim(store, run_dir, [c.study_name for c in study.cells()], direction,
           study.multi_objective, Path(args.spec).read_text(), new_run=True)
@@ -173,14 +182,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from lbt_study.study.preflight import check_study
-    from lbt_study.study.protocols import protocol_of
     from lbt_study.study.resume import read_meta
-    from lbt_study.study.spec import load_spec
 
     check_ray_flags(args)
     run_dir = args.run_dir
     meta = read_meta(run_dir)
+    with acquire(run_dir, "resume") as lock:
+        if lock.previous is not None:
+            _say(f"lbt-study: {run_dir}: taking over from a driver that is no longer running "
+                 f"({lock.previous.said()})")
+        return _resume_in(run_dir, meta, args)
+
+
+def _resume_in(run_dir: Path, meta: StudyRecord, args: argparse.Namespace) -> int:
+    """``resume``, once the run directory is held."""
+    from lbt_study.study.preflight import check_study
+    from lbt_study.study.protocols import protocol_of
+    from lbt_study.study.spec import load_spec
+
     study, module = load_spec(run_dir / SPEC)
     refusal = protocol_of(study).resume_refusal(study)
     if refusal is not None:
@@ -205,9 +224,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a directory")
     if run_dir.exists() and any(run_dir.iterdir()):
+        holder = live_holder(run_dir)
+        if holder is not None:
+            raise in_use(run_dir, holder)
+        hint = (" (its driver is not running: `lbt-study resume` continues it)"
+                if (run_dir / STUDY_JSON).is_file() else "")
         raise UserError(f"run directory {run_dir} exists and is not empty; "
-                        "choose another --run-dir")
+                        f"choose another --run-dir{hint}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ".write_test").touch()
@@ -286,8 +312,23 @@ def _distinct(trials: Any, column: str) -> int:
     return trials[column].nunique() if column in trials.columns else 0
 
 
+class _Warnings(logging.Handler):
+    """lbt-study's warnings (a damaged row file skipped, ...) as one stderr line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"lbt-study: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _say_warnings() -> None:
+    logger = logging.getLogger("lbt_study")
+    if not any(isinstance(h, _Warnings) for h in logger.handlers):
+        logger.addHandler(_Warnings(logging.WARNING))
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _say_warnings()
     try:
         commands = {"run": cmd_run, "resume": cmd_resume, "results": cmd_results,
                     "report": cmd_report}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lbt_study.errors import UserError, one_line
+from lbt_study.records.lock import live_holder
 from lbt_study.records.rundir import optuna_url
 
 PASSWORD_ENV = "LBT_STORAGE_PASSWORD"
@@ -194,6 +195,10 @@ def claim_studies(storage: Any, where: str, names: list[str], directions: list[s
     import optuna
 
     existing = set(study_names(storage))
+    if not new_run and not existing & set(names):
+        raise UserError(f"the storage {where} holds none of this run's Optuna studies "
+                        f"({', '.join(map(repr, names))}; spec hash {digest}): resume "
+                        "with the storage the run used (study.json's, or leave out --storage)")
     for name in names:
         if name not in existing:
             continue
@@ -205,14 +210,22 @@ def claim_studies(storage: Any, where: str, names: list[str], directions: list[s
                             f"directory {their_dir}): choose another Study name or storage")
         if new_run:
             raise UserError(f"the storage {where} already has the Optuna study {name!r} of "
-                            f"this spec (run directory {their_dir}): continue it with "
-                            "`lbt-study resume` there, or choose another Study name")
+                            f"this spec (run directory {their_dir}): "
+                            f"{_continue_hint(their_dir)}, or choose another Study name")
     for name in names:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions,
                                     load_if_exists=True)
         study.set_user_attr(SPEC_HASH_ATTR, digest)
         if RUN_DIR_ATTR not in study.user_attrs:
             study.set_user_attr(RUN_DIR_ATTR, str(Path(run_dir).resolve()))
+
+
+def _continue_hint(run_dir: str) -> str:
+    """What to do with the other run: wait for its live driver, else resume it."""
+    holder = live_holder(Path(run_dir)) if Path(run_dir).is_dir() else None
+    if holder is not None:
+        return f"its driver is still running ({holder.said()}); wait for it to finish"
+    return "continue it with `lbt-study resume` there"
 
 
 @dataclass(frozen=True)
