@@ -3,6 +3,7 @@ is refused in one line naming the holder; a dead driver's lock is taken over."""
 
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -135,8 +136,8 @@ def test_a_dead_drivers_lock_is_taken_over(tmp_path):
 
 def test_a_recent_holder_on_another_host_is_taken_as_alive(tmp_path):
     """A filesystem whose locks do not cross hosts: the heartbeat decides."""
-    (tmp_path / LOCK).write_text('{"pid": 1, "host": "elsewhere", "command": "run", '
-                                 '"started": %f}\n' % time.time())
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "command": "run",
+                                             "started": time.time()}))
     with pytest.raises(UserError, match="pid 1 on host elsewhere"):
         acquire(tmp_path, "resume")
     old = time.time() - 3600

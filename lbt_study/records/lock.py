@@ -4,10 +4,10 @@
 exclusive ``flock`` on the file (the kernel drops it when the process dies, however it dies,
 so a dead driver's lock is taken over without a race; a driver that finishes removes it)
 whose text says who holds it (pid, host, command, start) and whose modification time is the
-driver's heartbeat, touched every ``HEARTBEAT_S`` seconds. A second driver is refused in one line that names the holder and how
-long ago it last wrote. A filesystem whose locks do not reach other hosts is covered by the
-heartbeat: a holder on another host whose heartbeat is younger than ``STALE_S`` is taken as
-alive even when the lock could be had.
+driver's heartbeat, touched every ``HEARTBEAT_S`` seconds. A second driver is refused in one
+line that names the holder and how long ago it last wrote. A filesystem whose locks do not
+reach other hosts is covered by the heartbeat: a holder on another host whose heartbeat is
+younger than ``STALE_S`` is taken as alive even when the lock could be had.
 
 Readers (``results``, ``report``) take no lock: they read a live run directory as it is.
 """

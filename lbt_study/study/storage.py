@@ -78,10 +78,13 @@ def parse_storage(url: str) -> StorageURL:
     if dialect not in RDB_SCHEMES or "://" not in url:
         shown = scheme or url.split("/", 1)[0][:40]
         raise UserError(f"unknown storage scheme {shown!r}; allowed: {', '.join(ALLOWED)}")
+    bad = _bad_part(url)
     try:
-        parsed = _sa_url(url)
-    except Exception as exc:  # SQLAlchemy's ArgumentError, ValueError for a bad port
-        raise UserError(f"storage URL is malformed ({type(exc).__name__}); "
+        parsed = None if bad else _sa_url(url)
+    except Exception:  # SQLAlchemy's ArgumentError, ValueError for a bad port
+        bad = f"{url.split('://', 1)[1].split('/', 1)[0].rsplit('@', 1)[-1]!r} after the user"
+    if parsed is None:
+        raise UserError(f"storage URL {_masked(url)} is malformed: {bad}; "
                         f"allowed: {', '.join(ALLOWED)}") from None
     if dialect != "sqlite" and not parsed.database:
         raise UserError(f"storage {_masked(url)} names no database (.../DB)")
@@ -92,11 +95,27 @@ def parse_storage(url: str) -> StorageURL:
     return StorageURL(url, "rdb", dialect)
 
 
+def _bad_part(url: str) -> str | None:
+    """The part of an RDB URL's HOST[:PORT] that is malformed, in words (None: none)."""
+    hostport = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if hostport.startswith("["):
+        if "]" not in hostport:
+            return f"host {hostport!r} (an IPv6 address needs its closing ']')"
+        port = hostport.split("]", 1)[1].removeprefix(":")
+    else:
+        port = hostport.partition(":")[2]
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        return f"port {port!r} (a port is a number in 1..65535)"
+    return None
+
+
 def _masked(url: str) -> str:
     try:
         return StorageURL(url, "rdb", "").masked
-    except Exception:
-        return url.split("://", 1)[0] + "://..."
+    except Exception:  # unparsable: the password, if any, is cut out by hand
+        scheme, _, rest = url.partition("://")
+        user, at, host = rest.rpartition("@")
+        return f"{scheme}://{user.split(':', 1)[0]}{at}{host}"
 
 
 def with_password(storage: StorageURL) -> StorageURL:
