@@ -220,6 +220,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     check_ray_flags(args)
     run_dir = args.run_dir
+    holder = live_holder(run_dir) if run_dir.is_dir() else None
+    if holder is not None:  # said first: its study.json may not be written yet
+        raise in_use(run_dir, holder)
     meta = read_meta(run_dir)
     with acquire(run_dir, "resume") as lock:
         if lock.previous is not None:
