@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_cli_errors import finished_run, snapshot
 
 

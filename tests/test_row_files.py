@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from test_cli_errors import finished_run
 
 from lbt_study.records.results import merged_history
 from lbt_study.records.rowlog import RowLog, read_row_file, read_rows
 from lbt_study.records.rundir import TRIAL_ROWS
-from test_cli_errors import finished_run
 
 
 def row(step, objective=0.5, **more):
