@@ -60,10 +60,10 @@ def holder_process(run_dir):
         proc.wait()
 
 
-def running(run_dir):
-    """A trial has started writing its rows: the study is under way."""
-    rows = run_dir / "trial_rows"
-    return rows.is_dir() and any(rows.iterdir())
+def started(run_dir):
+    """The driver holds the run directory and has written study.json: the study is under
+    way (Ray is starting; the trials follow)."""
+    return (run_dir / "study.json").is_file() and (run_dir / LOCK).is_file()
 
 
 @pytest.mark.ray
@@ -78,7 +78,7 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
                              start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not running(run_dir) and time.time() < deadline:  # mid-study
+        while not started(run_dir) and time.time() < deadline:
             assert first.poll() is None, first.stdout.read()
             time.sleep(0.2)
         assert first.poll() is None, "the study ended before the second driver came"
