@@ -181,3 +181,19 @@ def test_resume_storage_without_the_runs_studies(tmp_path):
     assert snapshot(run_dir) == before
     assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{other}")] == \
         ["unrelated"]  # no study started there
+
+
+@pytest.mark.parametrize("log,fragment", [
+    ("tensorbord", "unknown --log tensorbord (did you mean 'tensorboard'?); allowed: "
+                   "tensorboard, mlflow, csv"),
+    (" , ", "--log [' , '] names no logger; allowed: tensorboard, mlflow, csv"),
+])
+def test_log_names_from_the_loggers(capsys, write_spec, tmp_path, log, fragment):
+    refused(capsys, write_spec, tmp_path, "name='x', space=space, fixed={'batch_size': 32}",
+            fragment, argv=("--log", log))
+
+
+def test_a_negative_trial_seed(capsys, write_spec, tmp_path):
+    """numpy and scikit-learn refuse it inside the trial: refused before the study."""
+    refused(capsys, write_spec, tmp_path, "name='x', space=space, fixed={'batch_size': 32, "
+            "'seed': -1}", "seed: Input should be greater than or equal to 0 (got -1)")

@@ -25,8 +25,8 @@ def space(trial):
     return {"batch_size": trial.suggest_categorical("batch_size", [32, 64]),
             "lr": trial.suggest_float("lr", 1e-3, 0.3, log=True)}
 
-study = Study(name="owned", space=space, trials=6, max_concurrent_trials=1,
-              fixed={"model": "mlp", "norm": "layer", "epochs": 4, "gns_probe_examples": 256})
+study = Study(name="owned", space=space, trials=4, max_concurrent_trials=1,
+              fixed={"model": "mlp", "norm": "layer", "epochs": 30, "gns_probe_examples": 256})
 """
 
 HOLD = ("import sys, time\nfrom pathlib import Path\nfrom lbt_study.records.lock import acquire\n"
@@ -67,7 +67,7 @@ def started(run_dir):
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # a real 6-trial study on a local Ray, with a second driver beside it
+@pytest.mark.slow  # a real 4-trial study on a local Ray, with a second driver beside it
 def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
     spec = tmp_path / "spec.py"
     spec.write_text(SPEC)
@@ -89,16 +89,20 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
         again = one_line(cli("run", spec, "--run-dir", run_dir, "--num-cpus", "2"),
                          "is in use by a live driver", f"pid {first.pid}")
         assert "resume" not in again  # never advised while the other driver is alive
+        while not (run_dir / "trial_rows").is_dir() and time.time() < deadline:
+            time.sleep(0.2)  # now with a trial running
+        assert first.poll() is None, "the study ended before its trials were under way"
+        one_line(cli("resume", run_dir), "is in use by a live driver", f"pid {first.pid}")
         out, _ = first.communicate(timeout=600)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, out  # the first driver never noticed the second
     trials = pd.read_parquet(run_dir / "trials.parquet")
-    assert len(trials) == 6 and set(trials["status"]) == {"ok"}
-    assert sorted(trials["optuna_trial_number"]) == list(range(6))  # none interrupted or extra
+    assert len(trials) == 4 and set(trials["status"]) == {"ok"}
+    assert sorted(trials["optuna_trial_number"]) == list(range(4))  # none interrupted or extra
     study = optuna.load_study(study_name="owned", storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert not (run_dir / LOCK).exists()  # a finished driver leaves no lock
     assert live_holder(run_dir) is None
 

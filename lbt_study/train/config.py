@@ -115,7 +115,8 @@ class TrainSettings(BaseModel):
     stale by the EMA (momentum 0.1 over few steps at a large batch size)."""
     precise_bn_examples: int = Field(default=256, gt=0)
     """Examples of the precise-BN subset (capped at the training set)."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
+    """numpy and scikit-learn take seeds >= 0 only."""
     dtype: Literal["float32", "float64"] = "float32"
     divergence_factor: float | None = Field(default=10.0, gt=1)
     """A minibatch loss above this many times the first step's counts as diverged (besides
