@@ -91,8 +91,9 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
         assert "resume" not in again  # never advised while the other driver is alive
         while not (run_dir / "trial_rows").is_dir() and time.time() < deadline:
             time.sleep(0.2)  # now with a trial running
+        with pytest.raises(UserError, match=f"in use by a live driver .*pid {first.pid} "):
+            acquire(run_dir, "resume")  # at once: a `resume` takes seconds to import
         assert first.poll() is None, "the study ended before its trials were under way"
-        one_line(cli("resume", run_dir), "is in use by a live driver", f"pid {first.pid}")
         out, _ = first.communicate(timeout=600)
     finally:
         with contextlib.suppress(ProcessLookupError):
