@@ -6,6 +6,7 @@ User mistakes end with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import sys
 import time
@@ -14,8 +15,9 @@ from typing import Any, NoReturn
 
 from lbt_study import __version__
 from lbt_study.errors import UserError
+from lbt_study.records.lock import acquire, in_use, live_holder
 from lbt_study.records.record import StudyRecord
-from lbt_study.records.rundir import OPTUNA_DB, SPEC, check_optuna_db
+from lbt_study.records.rundir import OPTUNA_DB, SPEC, STUDY_JSON, check_optuna_db
 from lbt_study.study.storage import claim, connect, handle_of, recorded, summary_line, url_of
 
 EXIT_USAGE = 2
@@ -39,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "and is executed: run only specs you trust.")
     run.add_argument("spec", help="a Python file defining `study = Study(...)`")
     run.add_argument("--trials", type=int, help="number of trials (default: the spec's)")
-    run.add_argument("--run-dir", type=Path,
+    run.add_argument("--run-dir", type=_path,
                      help="where tables, the Optuna DB and Ray state go "
                      "(default: runs/<study name>-<time>)")
-    run.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); "
+    run.add_argument("--address", type=_text, help="an existing Ray cluster ('auto' or host:port); "
                      "default: start a local one")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    run.add_argument("--preflight-samples", type=int, default=64,
+    run.add_argument("--preflight-samples", type=_at_least(1), default=64,
                      help="configs drawn from the space and checked before starting (default 64)")
     run.add_argument("--no-report", action="store_true",
                      help="do not write the report at the end (lbt-study report does it later)")
@@ -56,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "trials are kept, none runs twice, and the study ends with the "
                             "number of trials first asked for. Runs the spec copy in the "
                             "run directory (spec.py), which is Python and is executed.")
-    resume.add_argument("run_dir", type=Path)
-    resume.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
+    resume.add_argument("run_dir", type=_path)
+    resume.add_argument("--address", type=_text,
+                        help="an existing Ray cluster ('auto' or host:port)")
     resume.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     resume.add_argument("--no-report", action="store_true", help="do not write the report")
     _storage_flags(resume)
@@ -65,21 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write report.html, report.md and the analysis CSVs",
                          description="Write the report of a run directory (finished, partial "
                          "or failed) into RUN_DIR/report, or --out.")
-    rep.add_argument("run_dir", type=Path)
-    rep.add_argument("--out", type=Path, help="output directory (default RUN_DIR/report)")
+    rep.add_argument("run_dir", type=_path)
+    rep.add_argument("--out", type=_path, help="output directory (default RUN_DIR/report)")
 
     res = sub.add_parser("results", help="print a summary of a run directory")
-    res.add_argument("run_dir", type=Path)
-    res.add_argument("--top", type=int, default=10, help="best trials to list (default 10)")
-    res.add_argument("--storage", help="the Optuna storage URL (default: study.json's)")
+    res.add_argument("run_dir", type=_path)
+    res.add_argument("--top", type=_at_least(0), default=10,
+                     help="best trials to list (default 10)")
+    res.add_argument("--storage", type=_text,
+                     help="the Optuna storage URL (default: study.json's)")
     return p
 
 
+def _text(value: str) -> str:
+    """A flag's value that may not be blank (a blank one would silently mean the default)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"is blank ({value!r}); give a value or leave "
+                                         "the flag out")
+    return value
+
+
+def _path(value: str) -> Path:
+    return Path(_text(value))
+
+
+def _at_least(minimum: int) -> Any:
+    def count(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
+        return number
+
+    return count
+
+
 def _storage_flags(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--storage", help="Optuna storage: postgresql://USER@HOST:PORT/DB, "
-                     "sqlite:///PATH or journal:PATH (default: RUN/optuna.db; on resume, "
-                     "study.json's); password from $LBT_STORAGE_PASSWORD or ~/.pgpass")
-    cmd.add_argument("--log", action="append", metavar="NAME", help="Ray Tune loggers: "
+    cmd.add_argument("--storage", type=_text, help="Optuna storage: "
+                     "postgresql://USER@HOST:PORT/DB, sqlite:///PATH or journal:PATH "
+                     "(default: RUN/optuna.db; on resume, study.json's); password from "
+                     "$LBT_STORAGE_PASSWORD or ~/.pgpass")
+    cmd.add_argument("--log", action="append", metavar="NAME", type=_text,
+                     help="Ray Tune loggers: "
                      "tensorboard, mlflow, csv (repeat or comma-separate)")
 
 
@@ -120,17 +152,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     _positive("--trials", args.trials)
     check_ray_flags(args)
     study, module = load_spec(args.spec)
-    if args.trials:
-        study = study.model_copy(update={"trials": args.trials})
     protocol = protocol_of(study)
+    if args.trials:
+        asked = study.model_copy(update={"trials": args.trials})
+        if asked.total_trials == study.total_trials and args.trials != study.trials:
+            raise UserError(f"--trials does not apply to protocol {study.protocol!r} "
+                            f"({protocol.shape(study)} whatever --trials says); leave it out")
+        study = asked
     checked = check_study(study, samples=args.preflight_samples)
     protocol.preflight(study, checked.target)
     store = connect(args.storage or study.storage)  # unreachable: one line, nothing made
     study = study.model_copy(update={"storage": store.masked if store else None,
                                      "log": _logs(args.log or study.log)})
-    workload = checked.workload
     run_dir = args.run_dir or Path("runs") / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _prepare_run_dir(run_dir)
+    with acquire(run_dir, "run"):
+        return _run_in(run_dir, study, args, module, checked, store, protocol)
+
+
+def _run_in(run_dir: Path, study: Any, args: argparse.Namespace, module: Any, checked: Any,
+            store: Any, protocol: Any) -> int:
+    """``run``, once its run directory is made and held."""
+    workload = checked.workload
     direction = workload.objective_direction
     claim(store, run_dir, [c.study_name for c in study.cells()], direction,
           study.multi_objective, Path(args.spec).read_text(), new_run=True)
@@ -173,14 +216,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from lbt_study.study.preflight import check_study
-    from lbt_study.study.protocols import protocol_of
     from lbt_study.study.resume import read_meta
-    from lbt_study.study.spec import load_spec
 
     check_ray_flags(args)
     run_dir = args.run_dir
+    holder = live_holder(run_dir) if run_dir.is_dir() else None
+    if holder is not None:  # said first: its study.json may not be written yet
+        raise in_use(run_dir, holder)
     meta = read_meta(run_dir)
+    with acquire(run_dir, "resume") as lock:
+        if lock.previous is not None:
+            _say(f"lbt-study: {run_dir}: taking over from a driver that is no longer running "
+                 f"({lock.previous.said()})")
+        return _resume_in(run_dir, meta, args)
+
+
+def _resume_in(run_dir: Path, meta: StudyRecord, args: argparse.Namespace) -> int:
+    """``resume``, once the run directory is held."""
+    from lbt_study.study.preflight import check_study
+    from lbt_study.study.protocols import protocol_of
+    from lbt_study.study.spec import load_spec
+
     study, module = load_spec(run_dir / SPEC)
     refusal = protocol_of(study).resume_refusal(study)
     if refusal is not None:
@@ -205,9 +261,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a directory")
     if run_dir.exists() and any(run_dir.iterdir()):
+        holder = live_holder(run_dir)
+        if holder is not None:
+            raise in_use(run_dir, holder)
+        hint = (" (its driver is not running: `lbt-study resume` continues it)"
+                if (run_dir / STUDY_JSON).is_file() else "")
         raise UserError(f"run directory {run_dir} exists and is not empty; "
-                        "choose another --run-dir")
+                        f"choose another --run-dir{hint}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ".write_test").touch()
@@ -286,8 +349,22 @@ def _distinct(trials: Any, column: str) -> int:
     return trials[column].nunique() if column in trials.columns else 0
 
 
+class _Warnings(logging.Handler):
+    """lbt-study's warnings (a damaged row file skipped, ...) as one stderr line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"lbt-study: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _say_warnings() -> None:
+    logger = logging.getLogger("lbt_study")
+    if not any(isinstance(h, _Warnings) for h in logger.handlers):
+        logger.addHandler(_Warnings(logging.WARNING))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _say_warnings()
     try:
         commands = {"run": cmd_run, "resume": cmd_resume, "results": cmd_results,
                     "report": cmd_report}

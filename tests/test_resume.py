@@ -72,11 +72,15 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path):
     run_dir = run_then_kill(tmp_path, SPEC)
     before, _ = load_results(run_dir)
     assert 3 <= len(before) < 7
+    dead = json.loads((run_dir / "driver.lock").read_text())["pid"]  # the killed driver's
 
     resumed = cli("resume", str(run_dir), "--num-cpus", "2")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
+    assert f"taking over from a driver that is no longer running (`lbt-study run`, pid {dead} " \
+        "on host" in out  # the stale lock, taken over
     assert f"{len(before)} of 7 trials finished" in out
+    assert not (run_dir / "driver.lock").exists()
 
     after, history = load_results(run_dir)
     assert len(after) == 7  # the number asked for

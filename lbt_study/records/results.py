@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from lbt_study.records.rowlog import read_rows
+from lbt_study.records.rowlog import read_row_file, say_damaged
 from lbt_study.records.rundir import HISTORY, TRIALS, has_table, read_table, trial_rows_path
 from lbt_study.records.schema import (
     FINAL_METRICS,
@@ -255,8 +255,17 @@ def merged_history(run_dir: Path, trial_ids: list[str]) -> pd.DataFrame:
     columns = list(HISTORY_COLUMNS)
     table = read_table(run_dir, HISTORY) if has_table(run_dir, HISTORY) else None
     known = set() if table is None else set(table["trial_id"].astype(str))
-    extra = [h for tid in trial_ids if tid not in known
-             for h in trial_history(tid, read_rows(trial_rows_path(run_dir, tid)))]
+    extra, damaged = [], {}
+    for tid in trial_ids:
+        if tid in known:
+            continue
+        path = trial_rows_path(run_dir, tid)
+        read = read_row_file(path)
+        extra += trial_history(tid, read.rows)
+        if read.damaged:
+            damaged[path] = read.damaged
+    if damaged:
+        say_damaged(damaged)  # once, in one line, for all the run's row files
     if table is not None and not extra:
         return table
     if table is None or table.empty:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -141,3 +142,21 @@ def _study_names(path: Path) -> list[str]:
 def trial_rows_path(run_dir: Path, trial_id: str) -> Path:
     """Where trial ``trial_id`` appends its rows."""
     return Path(run_dir) / TRIAL_ROWS / f"{trial_id}.jsonl"
+
+
+def check_writable_dir(path: Path, what: str, hint: str = "") -> None:
+    """``path`` is a directory this process can write, or one it can make, checked before
+    any work and without making it: a file in the way, a read-only filesystem or a path
+    that cannot be made is one ``UserError`` naming ``what`` (e.g. "--out") and the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a directory; give a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot make {what} {path}: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass  # made and removed: the one sure test (root ignores permission bits)
+    except OSError as exc:
+        raise UserError(f"cannot write {what} {path}: {exc.strerror or exc}"
+                        f"{'' if existing == path else f' (in {existing})'}{hint}") from None

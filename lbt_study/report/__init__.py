@@ -23,7 +23,7 @@ import pandas as pd
 
 from lbt_study.analysis.summary import add_targets_from_history, analyze
 from lbt_study.errors import UserError
-from lbt_study.records.rundir import REPORT_DIR
+from lbt_study.records.rundir import REPORT_DIR, check_writable_dir
 from lbt_study.report.document import Figure, Reason, Section, Table, Text
 from lbt_study.report.html import render_html
 from lbt_study.report.markdown import render_markdown
@@ -70,7 +70,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportPaths:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    given = out_dir is not None
+    out_dir = Path(out_dir) if given else run_dir / REPORT_DIR
+    check_writable_dir(out_dir, "--out" if given else "the report directory", "" if given else
+                       " (a read-only run directory is reported with --out elsewhere)")
     trials, history, notes = read_tables(run_dir)
     study = read_study(run_dir)
     trials, more = add_targets_from_history(trials, history, study)

@@ -31,6 +31,7 @@ from ray.tune.result import TIMESTEPS_TOTAL, TRAINING_ITERATION
 from lbt_study.errors import UserError
 from lbt_study.records.results import history_record, reported_rows
 from lbt_study.records.schema import HISTORY_COLUMNS
+from lbt_study.train.config import did_you_mean
 
 LOGGERS = ("tensorboard", "mlflow", "csv")
 MLFLOW_BATCH = 1000
@@ -43,9 +44,13 @@ def parse_logs(values: list[str] | None) -> list[str]:
     """``--log`` values, repeated or comma-separated, checked against ``LOGGERS``; each once,
     in the order given."""
     names = [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+    if values and not names:
+        raise UserError(f"--log {values!r} names no logger; allowed: {', '.join(LOGGERS)}")
     unknown = sorted({n for n in names if n not in LOGGERS})
     if unknown:
-        raise UserError(f"unknown --log {', '.join(unknown)}; allowed: {', '.join(LOGGERS)}")
+        hints = "".join(did_you_mean(n, LOGGERS) for n in unknown)
+        raise UserError(f"unknown --log {', '.join(unknown)}{hints}; allowed: "
+                        f"{', '.join(LOGGERS)}")
     return list(dict.fromkeys(names))
 
 

@@ -9,6 +9,7 @@ divide or a norm a model cannot take is reported before the study starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import optuna
 
 from lbt_study.errors import UserError, one_line
 from lbt_study.study.spec import Study, suggest
-from lbt_study.train.batching import phase_plans
+from lbt_study.train.batching import phase_plans, step_batch_sizes
 from lbt_study.train.config import TrainConfig, parse_config
 from lbt_study.train.norms import NormSpec
 from lbt_study.train.workload import Workload, get_workload
@@ -59,6 +60,7 @@ def check_study(study: Study, samples: int = 64) -> Checked:
         probe.enqueue_trial(point)
     seen: set[tuple] = set()
     target = study.target if study.target is not None else workload.target
+    check_targets(study, workload)
     max_cpus = 1
     cells = study.cells()
     draws = len(study.initial_points) + max(samples, len(cells))
@@ -75,4 +77,47 @@ def check_study(study: Study, samples: int = 64) -> Checked:
             raise UserError(f"{exc} (space gave{where}: {shown})") from None
         max_cpus = max(max_cpus, cfg.workers * cfg.cpus_per_worker)
         probe.tell(trial, 0.0)
+        if i == 0 and study.branched is not None:  # cell 0 is the base run
+            check_branch_steps(study.branched.fractions, cfg, workload)
     return Checked(workload, max_cpus, target)
+
+
+BOUNDED = {"accuracy": (0.0, 1.0)}
+"""Objectives whose every value lies in a closed range: a target outside it is reached by
+every trial at step 0 (below) or by none (above)."""
+
+
+def check_targets(study: Study, workload: Workload) -> None:
+    """``target`` and ``targets`` inside the objective's range (accuracy: [0, 1])."""
+    bounds = BOUNDED.get(workload.objective)
+    if bounds is None:
+        return
+    low, high = bounds
+    named = [("target", study.target)] if study.target is not None else []
+    named += [(f"targets[{i}]", t) for i, t in enumerate(study.targets)]
+    for name, value in named:
+        if not low <= value <= high:
+            raise UserError(f"{name} {value:g} is outside [{low:g}, {high:g}], the range of "
+                            f"val_{workload.objective} (workload {workload.name!r}): every "
+                            f"trial would {'reach' if value < low else 'miss'} it")
+
+
+def check_branch_steps(fractions: list[float], base: TrainConfig, workload: Workload) -> None:
+    """Every branch fraction lands on a step of its own, at step 1 or later, of the base
+    run (a fraction before step 1, or two on one step, would be found only once the base
+    trial ran: its states would be missing). An epochs budget needs the training set's
+    size: a workload whose data cannot be loaded here is checked by the trial itself."""
+    try:
+        n = 0 if base.budget != "epochs" else len(workload.load_data(base.seed).x_train)
+    except Exception:  # a dataset only the workers can reach
+        return
+    total = len(step_batch_sizes(base, n))
+    steps = [math.floor(f * total + 0.5) for f in fractions]
+    early = [f for f, s in zip(fractions, steps, strict=True) if s < 1]
+    shared = len(set(steps)) < len(steps)
+    if early or shared:
+        what = (f"{early} fall before step 1" if early else
+                f"{fractions} share steps ({steps})")
+        raise UserError(f"branched.fractions {what} of the base run ({total} steps at batch "
+                        f"size {base.batch_size}): each fraction must be at least "
+                        f"{0.5 / total:.3g} and the fractions at least {1 / total:.3g} apart")

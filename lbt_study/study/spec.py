@@ -40,6 +40,7 @@ from lbt_study.train.config import (
     did_you_mean,
     validation_line,
 )
+from lbt_study.train.names import NORMS
 
 SpaceFn = Callable[[Any], dict[str, Any] | None]
 
@@ -73,7 +74,7 @@ class Study(BaseModel):
     workload: str = "digits"
     trials: int = Field(default=20, gt=0)
     fixed: dict[str, Any] = Field(default_factory=dict)
-    sampler_seed: int = 0
+    sampler_seed: int = Field(default=0, ge=0)
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     asha: Asha | None = None
     max_failures: int = Field(default=2, ge=0)
@@ -157,6 +158,7 @@ class Study(BaseModel):
                 raise ValueError(f"set the {key} with Study({key}=...), not in fixed")
         protocol = self._protocol()
         self._check_protocol_fields(protocol)
+        self._check_lists()
         protocol.check(self)
         self._check_budgets()
         if self.multi_objective and self.asha is not None:
@@ -178,8 +180,29 @@ class Study(BaseModel):
         for name in sorted(set().union(*(p.uses for p in PROTOCOLS.values())) - protocol.uses):
             if getattr(self, name):
                 owners = [p.name for p in PROTOCOLS.values() if name in p.uses]
+                why = " (stop_when makes a study adaptive)" if self.stop_when else ""
                 raise ValueError(f"{name} belongs to protocol {' or '.join(map(repr, owners))}, "
-                                 f"not {self.protocol!r}")
+                                 f"not {self.protocol!r}{why}")
+
+    def _check_lists(self) -> None:
+        """Names not blank; batch_sizes, norms, targets and log each without repeats (a
+        repeated batch size would be two searches sharing one Optuna study: twice the
+        trials, unequal tuning), batch sizes positive, norms known."""
+        for key in ("name", "workload"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key} is blank ({getattr(self, key)!r}); give a name")
+        for key in ("batch_sizes", "norms", "targets", "log"):
+            values = list(getattr(self, key))
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{key} repeats {repeated} (got {values}); list each once")
+        small = [b for b in self.batch_sizes if b < 1]
+        if small:
+            raise ValueError(f"batch_sizes must be >= 1, got {small} in {self.batch_sizes}")
+        for norm in self.norms:
+            if norm not in NORMS:
+                raise ValueError(f"unknown norm {norm!r} in norms{did_you_mean(norm, NORMS)}; "
+                                 f"known: {', '.join(NORMS)}")
 
     def _check_budgets(self) -> None:
         """Each budget names itself and sets only budget settings; fixed then sets none."""
@@ -219,6 +242,11 @@ class Study(BaseModel):
         (``target``: this study's or its workload's), as plain picklable values."""
         return {**self.fixed, "workload": self.workload,
                 **({"target": target} if target is not None else {})}
+
+
+_SPEC_MODELS: dict[str, type[BaseModel]] = {
+    m.__name__: m for m in (Study, Asha, Branched, StopWhen)}
+"""The models a spec builds, by the title of their ValidationError (for the allowed keys)."""
 
 
 CONFIG_KEY = "lbt_config"
@@ -279,7 +307,9 @@ def load_spec(path: str | Path) -> tuple[Study, Any]:
     except UserError:
         raise
     except ValidationError as exc:
-        raise UserError(f"spec {path}: invalid Study: {validation_line(exc)}") from None
+        model = _SPEC_MODELS.get(exc.title, Study)
+        raise UserError(f"spec {path}: invalid {model.__name__}: "
+                        f"{validation_line(exc, model)}") from None
     except Exception as exc:  # the spec is user code: any failure is a user error
         raise UserError(f"spec {path} raised {type(exc).__name__}: {exc}") from None
     study = getattr(module, "study", None)

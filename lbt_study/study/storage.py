@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lbt_study.errors import UserError, one_line
+from lbt_study.records.lock import live_holder
 from lbt_study.records.rundir import optuna_url
 
 PASSWORD_ENV = "LBT_STORAGE_PASSWORD"
@@ -77,10 +78,13 @@ def parse_storage(url: str) -> StorageURL:
     if dialect not in RDB_SCHEMES or "://" not in url:
         shown = scheme or url.split("/", 1)[0][:40]
         raise UserError(f"unknown storage scheme {shown!r}; allowed: {', '.join(ALLOWED)}")
+    bad = _bad_part(url)
     try:
-        parsed = _sa_url(url)
-    except Exception as exc:  # SQLAlchemy's ArgumentError, ValueError for a bad port
-        raise UserError(f"storage URL is malformed ({type(exc).__name__}); "
+        parsed = None if bad else _sa_url(url)
+    except Exception:  # SQLAlchemy's ArgumentError, ValueError for a bad port
+        bad = f"{url.split('://', 1)[1].split('/', 1)[0].rsplit('@', 1)[-1]!r} after the user"
+    if parsed is None:
+        raise UserError(f"storage URL {_masked(url)} is malformed: {bad}; "
                         f"allowed: {', '.join(ALLOWED)}") from None
     if dialect != "sqlite" and not parsed.database:
         raise UserError(f"storage {_masked(url)} names no database (.../DB)")
@@ -91,11 +95,27 @@ def parse_storage(url: str) -> StorageURL:
     return StorageURL(url, "rdb", dialect)
 
 
+def _bad_part(url: str) -> str | None:
+    """The part of an RDB URL's HOST[:PORT] that is malformed, in words (None: none)."""
+    hostport = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if hostport.startswith("["):
+        if "]" not in hostport:
+            return f"host {hostport!r} (an IPv6 address needs its closing ']')"
+        port = hostport.split("]", 1)[1].removeprefix(":")
+    else:
+        port = hostport.partition(":")[2]
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        return f"port {port!r} (a port is a number in 1..65535)"
+    return None
+
+
 def _masked(url: str) -> str:
     try:
         return StorageURL(url, "rdb", "").masked
-    except Exception:
-        return url.split("://", 1)[0] + "://..."
+    except Exception:  # unparsable: the password, if any, is cut out by hand
+        scheme, _, rest = url.partition("://")
+        user, at, host = rest.rpartition("@")
+        return f"{scheme}://{user.split(':', 1)[0]}{at}{host}"
 
 
 def with_password(storage: StorageURL) -> StorageURL:
@@ -194,6 +214,10 @@ def claim_studies(storage: Any, where: str, names: list[str], directions: list[s
     import optuna
 
     existing = set(study_names(storage))
+    if not new_run and not existing & set(names):
+        raise UserError(f"the storage {where} holds none of this run's Optuna studies "
+                        f"({', '.join(map(repr, names))}; spec hash {digest}): resume "
+                        "with the storage the run used (study.json's, or leave out --storage)")
     for name in names:
         if name not in existing:
             continue
@@ -205,14 +229,22 @@ def claim_studies(storage: Any, where: str, names: list[str], directions: list[s
                             f"directory {their_dir}): choose another Study name or storage")
         if new_run:
             raise UserError(f"the storage {where} already has the Optuna study {name!r} of "
-                            f"this spec (run directory {their_dir}): continue it with "
-                            "`lbt-study resume` there, or choose another Study name")
+                            f"this spec (run directory {their_dir}): "
+                            f"{_continue_hint(their_dir)}, or choose another Study name")
     for name in names:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions,
                                     load_if_exists=True)
         study.set_user_attr(SPEC_HASH_ATTR, digest)
         if RUN_DIR_ATTR not in study.user_attrs:
             study.set_user_attr(RUN_DIR_ATTR, str(Path(run_dir).resolve()))
+
+
+def _continue_hint(run_dir: str) -> str:
+    """What to do with the other run: wait for its live driver, else resume it."""
+    holder = live_holder(Path(run_dir)) if Path(run_dir).is_dir() else None
+    if holder is not None:
+        return f"its driver is still running ({holder.said()}); wait for it to finish"
+    return "continue it with `lbt-study resume` there"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Literal
+import typing
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -114,7 +115,8 @@ class TrainSettings(BaseModel):
     stale by the EMA (momentum 0.1 over few steps at a large batch size)."""
     precise_bn_examples: int = Field(default=256, gt=0)
     """Examples of the precise-BN subset (capped at the training set)."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
+    """numpy and scikit-learn take seeds >= 0 only."""
     dtype: Literal["float32", "float64"] = "float32"
     divergence_factor: float | None = Field(default=10.0, gt=1)
     """A minibatch loss above this many times the first step's counts as diverged (besides
@@ -326,20 +328,40 @@ def parse_config(values: dict[str, object]) -> TrainConfig:
         raise UserError(f"invalid trial config: {validation_line(exc)}") from None
 
 
-def validation_line(exc: ValidationError) -> str:
-    """Pydantic's errors as one line: field, message, given value."""
+def validation_line(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Pydantic's errors as one line: field, message, given value. An unknown key is shown
+    with the close names and every allowed one, from the model it was given to (``model``,
+    by default ``TrainConfig``; a nested model's own fields for a key inside it)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key" + did_you_mean(loc, TrainConfig.model_fields)
+            known = list(fields_at(model or TrainConfig, err["loc"][:-1]))
+            key = str(err["loc"][-1])
+            msg = (f"unknown key{did_you_mean(key, known)}; allowed: "
+                   f"{', '.join(sorted(known))}")
         if not loc:  # a rule over the whole config: its message names the fields
             parts.append(msg)
             continue
         given = f" (got {err['input']!r})" if "input" in err else ""
         parts.append(f"{loc}: {msg}{given}")
     return "; ".join(parts)
+
+
+def fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> dict[str, Any]:
+    """The fields of the model found at ``loc`` inside ``model`` (a nested model field, or
+    a list or optional of one); ``model``'s own where ``loc`` leads to none."""
+    for part in loc:
+        field_info = model.model_fields.get(str(part))
+        if field_info is None:
+            continue  # a list index
+        inner = [a for a in (field_info.annotation, *typing.get_args(field_info.annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            break
+        model = inner[0]
+    return dict(model.model_fields)
 
 
 def did_you_mean(name: str, known: object) -> str:
