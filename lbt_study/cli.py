@@ -64,12 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     resume.add_argument("--no-report", action="store_true", help="do not write the report")
     _storage_flags(resume)
+    _reading_commands(sub)
+    return p
 
+
+def _reading_commands(sub: Any) -> None:
+    """The commands that only read a run directory: report, recommend, results."""
     rep = sub.add_parser("report", help="write report.html, report.md and the analysis CSVs",
                          description="Write the report of a run directory (finished, partial "
                          "or failed) into RUN_DIR/report, or --out.")
     rep.add_argument("run_dir", type=_path)
     rep.add_argument("--out", type=_path, help="output directory (default RUN_DIR/report)")
+    rep.add_argument("--price-per-hour", type=_positive_float, default=None,
+                     help="price of one device (worker) hour, for the cost to the target")
+
+    rec = sub.add_parser("recommend", help="print what to run for a goal",
+                         description="From a run directory's measured frontier and fitted "
+                         "curve: the batch size, workers, learning rate, warmup and norm "
+                         "that reach the target with the fewest steps, examples, training "
+                         "seconds or the least cost.")
+    rec.add_argument("run_dir", type=_path)
+    rec.add_argument("--goal", choices=("steps", "examples", "time", "cost"), default=None,
+                     help="one goal (default: every goal)")
+    rec.add_argument("--workers", type=_at_least(1), default=None,
+                     help="only trials with this many workers")
+    rec.add_argument("--price-per-hour", type=_positive_float, default=None,
+                     help="price of one device (worker) hour (needed for --goal cost)")
 
     res = sub.add_parser("results", help="print a summary of a run directory")
     res.add_argument("run_dir", type=_path)
@@ -77,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="best trials to list (default 10)")
     res.add_argument("--storage", type=_text,
                      help="the Optuna storage URL (default: study.json's)")
-    return p
 
 
 def _text(value: str) -> str:
@@ -103,6 +122,16 @@ def _at_least(minimum: int) -> Any:
         return number
 
     return count
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
+    if not (number > 0 and number != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value!r}")
+    return number
 
 
 def _storage_flags(cmd: argparse.ArgumentParser) -> None:
@@ -208,10 +237,24 @@ def _finish(run_dir: Path, no_report: bool, storage: str | None = None) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from lbt_study.analysis.settings import AnalysisSettings
     from lbt_study.report import write_report
 
-    paths = write_report(Path(args.run_dir), args.out)
+    price = getattr(args, "price_per_hour", None)
+    paths = write_report(Path(args.run_dir), args.out, AnalysisSettings(price_per_hour=price))
     print(f"report: {paths.html}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from lbt_study.report.recommend import recommendation_text
+
+    if args.goal == "cost" and args.price_per_hour is None:
+        raise UserError("--goal cost needs --price-per-hour X (the price of one device hour)")
+    if not Path(args.run_dir).is_dir():
+        raise UserError(f"run directory not found: {args.run_dir}")
+    print(recommendation_text(Path(args.run_dir), args.goal, args.workers,
+                              args.price_per_hour))
     return 0
 
 
@@ -367,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     _say_warnings()
     try:
         commands = {"run": cmd_run, "resume": cmd_resume, "results": cmd_results,
-                    "report": cmd_report}
+                    "report": cmd_report, "recommend": cmd_recommend}
         return commands[args.command](args)
     except UserError as exc:
         print(f"lbt-study: error: {exc}", file=sys.stderr)

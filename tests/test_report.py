@@ -88,8 +88,8 @@ def csv(paths, name: str) -> pd.DataFrame:
 def test_normal_study_writes_every_figure_embedded_and_beside_the_markdown(normal):
     _, paths = normal
     assert paths.out_dir.name == "report" and paths.html.is_file()
-    assert set(paths.figures) == {"best", "steps_to_target", "steps_by_norm", "gns",
-                                  "lr_scaling", "gap_by_norm", "throughput", "pareto"}
+    assert set(paths.figures) == {"leave_one_out", "best", "steps_to_target", "steps_by_norm",
+                                  "gns", "lr_scaling", "gap_by_norm", "throughput", "pareto"}
     page = paths.html.read_text()
     assert page.count(IMG) == len(paths.figures)
     assert "<script" not in page.lower() and "http" not in page  # self-contained
@@ -244,7 +244,7 @@ def test_generated_synthetic_study(tmp_path):
     spec.loader.exec_module(bench)
     run = bench.synthetic_run(tmp_path / "run", n_trials=150, evals=40, seed=1)
     paths = write_report(run)
-    assert len(paths.figures) == 8  # steps_by_norm too: the synthetic study has several norms
+    assert len(paths.figures) == 9  # steps_by_norm too (several norms), and leave_one_out
     best = csv(paths, "best_per_batch_size")
     assert best["batch_size"].tolist() == list(bench.BATCH_SIZES)
     fit = csv(paths, "critical_batch_size").set_index("method").loc["mccandlish_fit"]

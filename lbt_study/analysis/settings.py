@@ -40,6 +40,8 @@ class AnalysisSettings:
     measured its steps to the target; one stopped before counts as not reaching it, like an
     ok trial that never did); throughput_statuses: those whose speed counts.
     gns_points_per_trial: the noise-scale curves are thinned to about this many rows.
+    price_per_hour: the price of one device (worker) hour, for the cost to the target of
+    ``recommend`` (None: not priced).
     """
 
     n_boot: int = _default(critical_batch_size_bootstrap, "n_boot")
@@ -52,11 +54,14 @@ class AnalysisSettings:
     frontier_statuses: tuple[str, ...] = ("ok", "pruned")
     throughput_statuses: tuple[str, ...] = tuple(_default(throughput_frontier, "statuses"))
     gns_points_per_trial: int = 200
+    price_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         check_fraction(self.ci, "ci")
         for name in ("n_boot", "zhang_excess", "gns_points_per_trial"):
             check_positive(getattr(self, name), name)
+        if self.price_per_hour is not None:
+            check_positive(self.price_per_hour, "price_per_hour")
         for name in ("perfect_tol", "plateau_tol"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")

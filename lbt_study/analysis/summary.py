@@ -36,6 +36,7 @@ from lbt_study.analysis.frontier import steps_to_target_frontier
 from lbt_study.analysis.lr import LRScaling, lr_scaling
 from lbt_study.analysis.noise_scale import GnsCurves, gns_curves, gns_of_best
 from lbt_study.analysis.outcome import NO_ROWS, Outcome, attempt, guard, run, then
+from lbt_study.analysis.recommend import RECOMMEND_NEEDS, Recommendation, recommend
 from lbt_study.analysis.scaling import classify_regimes
 from lbt_study.analysis.settings import AnalysisSettings, StudyInfo
 from lbt_study.analysis.throughput import throughput_frontier
@@ -67,7 +68,8 @@ class Results:
     ``large_batch_gap``; best_by_budget: the best trial per norm, budget and batch size.
     diffusion: ``diffusion_fit`` (empty without weight_distance). throughput:
     ``throughput_frontier``. pareto: ``pareto_front``. adaptive: ``adaptive_summary``.
-    branched: ``cbs_over_training``.
+    branched: ``cbs_over_training``. recommendation: ``recommend`` (what to run for each
+    goal, and the leave-one-batch-size-out check of the fitted curve).
     """
 
     status_counts: Frame
@@ -95,6 +97,7 @@ class Results:
     pareto: Frame
     adaptive: Outcome[AdaptiveSummary]
     branched: Frame
+    recommendation: Outcome[Recommendation]
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,7 +153,10 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                    needs_target=True),
         adaptive=(attempt("the adaptive rounds", adaptive_summary, trials, study.meta)
                   if study.meta.get("stop_when") else Outcome(reason=NOT_ADAPTIVE)),
-        branched=branched_cbs(trials, history, study))
+        branched=branched_cbs(trials, history, study),
+        recommendation=run(trials, study, RECOMMEND_NEEDS, "the recommendation", recommend,
+                           trials, d, price_per_hour=s.price_per_hour, ci=s.ci,
+                           statuses=s.frontier_statuses, needs_target=True))
     return Analyses(study, trials, history, tuple(notes), results, s)
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lbt_study.analysis.summary import add_targets_from_history, analyze
+from lbt_study.analysis.settings import AnalysisSettings
+from lbt_study.analysis.summary import Analyses, add_targets_from_history, analyze
 from lbt_study.errors import UserError
 from lbt_study.records.rundir import REPORT_DIR, check_writable_dir
 from lbt_study.report.document import Figure, Reason, Section, Table, Text
@@ -60,7 +61,8 @@ class ReportPaths:
     tables: dict[str, Path]
 
 
-def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportPaths:
+def write_report(run_dir: Path, out_dir: Path | None = None,
+                 settings: AnalysisSettings | None = None) -> ReportPaths:
     """Analyse the run directory ``run_dir`` and write the report into ``out_dir``.
 
     ``out_dir`` defaults to ``run_dir / "report"``. Writes report.html, report.md, one PNG
@@ -74,12 +76,19 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportPaths:
     out_dir = Path(out_dir) if given else run_dir / REPORT_DIR
     check_writable_dir(out_dir, "--out" if given else "the report directory", "" if given else
                        " (a read-only run directory is reported with --out elsewhere)")
+    analyses = analyses_of(run_dir, settings)
+    sections, tables = build_sections(analyses)
+    title = f"lbt-study report: {analyses.study.meta.get('name', run_dir.name)}"
+    return _write(out_dir, title, sections, tables)
+
+
+def analyses_of(run_dir: Path, settings: AnalysisSettings | None = None) -> Analyses:
+    """Every analysis of the run directory ``run_dir`` (its tables read, the targets' steps
+    added from the history), with ``settings``."""
     trials, history, notes = read_tables(run_dir)
     study = read_study(run_dir)
     trials, more = add_targets_from_history(trials, history, study)
-    sections, tables = build_sections(analyze(trials, history, study, (*notes, *more)))
-    title = f"lbt-study report: {study.meta.get('name', run_dir.name)}"
-    return _write(out_dir, title, sections, tables)
+    return analyze(trials, history, study, (*notes, *more), settings)
 
 
 def _write(out_dir: Path, title: str, sections: list[Section],

@@ -392,3 +392,22 @@ def steps_by_norm_figure(frontier: pd.DataFrame, critical: pd.DataFrame) -> byte
     ax.set_title("Steps to target per normalization (dashed: each norm's McCandlish fit)")
     ax.legend(fontsize=7, loc="best", ncols=2)
     return to_png(fig)
+
+
+def loo_figure(loo: pd.DataFrame) -> bytes:
+    """Leave-one-batch-size-out relative error of the predicted steps, per batch size."""
+    fig, (ax,) = new_figure(1, width=6.4)
+    shown = loo.dropna(subset=["relative_error"])
+    inside = shown[~shown["extrapolated"].astype(bool)]
+    edge = shown[shown["extrapolated"].astype(bool)]
+    ax.axhline(0, color="#999999", lw=0.8)
+    ax.plot(shown["batch_size"], shown["relative_error"], color="#9aa7b8", lw=0.8)
+    ax.scatter(inside["batch_size"], inside["relative_error"], color="#1f77b4",
+               label="interpolated", zorder=3)
+    ax.scatter(edge["batch_size"], edge["relative_error"], facecolors="none",
+               edgecolors="#1f77b4", label="extrapolated (an edge)", zorder=3)
+    _log2_batch_axis(ax, loo["batch_size"])
+    ax.set_ylabel("predicted / measured steps - 1")
+    ax.set_title("Leave one batch size out")
+    ax.legend(fontsize=7, loc="best")
+    return to_png(fig)

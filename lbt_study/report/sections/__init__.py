@@ -17,6 +17,7 @@ from lbt_study.report.document import Section
 from lbt_study.report.framework import FigurePart, SectionSpec, build_section
 
 ORDER = (
+    "recommend",
     "summary",
     "best",
     "steps",
