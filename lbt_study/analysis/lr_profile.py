@@ -112,7 +112,8 @@ def profile_fit(codes: np.ndarray, x: np.ndarray, u: np.ndarray, y: np.ndarray,
     fit = ProfileFit(k, math.nan, math.nan, a, rss_min, df, total, q[0])
     if df < 1 or not (q[0] < 0).any():
         return fit
-    threshold = rss_min * (1 + stats.f.ppf(ci, 1, df) / df)
+    # the floor (a 1e-12 share of the variance) keeps an exact fit's interval a point
+    threshold = rss_min * (1 + stats.f.ppf(ci, 1, df) / df) + 1e-12 * total
     lower, upper = _interval(data, surface.min(axis=1), k_grid, a_grid, k, threshold)
     return ProfileFit(k, lower, upper, a, rss_min, df, total, q[0])
 
