@@ -118,8 +118,36 @@ def _gns_caption(a: Analyses) -> str:
 BY_TARGET_CAPTION = (
     "The McCandlish B_crit at each of the study's targets: the history measured again at each "
     "threshold (the crossing interpolated), the frontier retaken and the curve refitted, with "
-    "the trial-bootstrap interval of the table above. McCandlish et al. (2018) and Zhang et "
-    "al. (2024) find it grows as the target gets harder.")
+    "the trial-bootstrap interval of the table above. b_crit_ratio: B_crit over the easiest "
+    "target's, with its paired interval (ratio_lower, ratio_upper: in each resample the same "
+    "trials are measured at every target).")
+
+
+def _target_words(a: Analyses) -> list[Item]:
+    """Each target's paired ratio in words: whether its interval excludes 1, and only then
+    the literature beside it."""
+    table = a.results.critical_by_target.value
+    if "ratio_lower" not in table:
+        return []
+    easiest = table.loc[table["b_crit_ratio"].eq(1.0) & table["ratio_lower"].isna(), "target"]
+    if easiest.empty:
+        return []
+    base, items = float(easiest.iloc[0]), []
+    for row in table[table["ratio_lower"].notna()].itertuples():
+        shown = (f"B_crit at target {row.target:g} / at {base:g} = {row.b_crit_ratio:.3g}, "
+                 f"{a.settings.ci:.0%} paired interval [{row.ratio_lower:.3g}, "
+                 f"{row.ratio_upper:.3g}]")
+        if row.ratio_lower <= 1 <= row.ratio_upper:
+            items.append(Text(f"{shown}: it contains 1, so these trials do not show B_crit "
+                              "changing between the two targets."))
+            continue
+        way = "larger" if row.ratio_lower > 1 else "smaller"
+        agrees = ("as McCandlish et al. (2018) and Zhang et al. (2024) find" if way == "larger"
+                  else "against McCandlish et al. (2018) and Zhang et al. (2024), who find it "
+                  "grows as the target gets harder")
+        items.append(Text(f"{shown}: it excludes 1, B_crit is {way} at the harder target, "
+                          f"{agrees}."))
+    return items
 GNS_CAPTION = (
     "The noise scale of the best trial per batch size: gns_at_target (the evaluation-time "
     "probe at the evaluation that reached the target), final_gns_probe (at the last "
@@ -182,6 +210,7 @@ SECTION = SectionSpec(
                csv="critical_by_crossing", needs="critical_by_crossing"),
      TablePart(lambda a: a.results.critical_by_target.value, caption=BY_TARGET_CAPTION,
                csv="critical_by_target", needs="critical_by_target", when=_by_target),
+     ItemsPart(_target_words, needs="critical_by_target"),
      TablePart(lambda a: a.results.gns.value, caption=GNS_CAPTION, csv="gns", when=_gns,
                needs="gns"),
      FigurePart("gns", lambda a: figures.gns_figure(a.results.gns_curves.value.rows),
