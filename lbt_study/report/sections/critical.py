@@ -91,11 +91,27 @@ def _notes(a: Analyses) -> list[Item]:
     items: list[Item] = []
     if cbs.zhang_b0_share > B0_DOMINATES:
         items.append(Text(f"Note: Zhang et al. 2024 rule: {cbs.zhang_reason}."))
-    if pd.notna(cbs.gns) and pd.notna(cbs.b_crit_fit):
+    ratios = a.results.critical.value.gns_ratio
+    shown = ratios[ratios["ratio_lower"].notna()] if len(ratios) else ratios
+    if len(shown):
+        words = {"at_crossing": "at the crossing", "mean_to_crossing":
+                 "averaged over the evaluations up to the crossing (step 0 included)"}
+        parts = [f"{words[r.measure]} {r.ratio:.3g} [{r.ratio_lower:.3g}, {r.ratio_upper:.3g}]"
+                 f" (single trials {r.ratio_min:.3g} to {r.ratio_max:.3g})"
+                 for r in shown.itertuples()]
+        inside = [words[r.measure].split(" (")[0] for r in shown.itertuples()
+                  if r.ratio_lower <= 1 <= r.ratio_upper]
+        verdict = (f"the interval {'holds' if len(inside) == 1 else 'intervals hold'} 1 "
+                   f"({', '.join(inside)}): B_simple is consistent with B_crit there, as "
+                   "McCandlish et al. (2018) predict" if inside else
+                   "neither interval holds 1: B_simple and B_crit differ here, though "
+                   "McCandlish et al. (2018) predict them close")
+        items.append(Text(f"B_simple / B_crit, the median over the frontier's trials with its "
+                          f"{a.settings.ci:.0%} interval: {'; '.join(parts)}; {verdict}."))
+    elif pd.notna(cbs.gns) and pd.notna(cbs.b_crit_fit):
         items.append(Text(f"B_simple / B_crit = {cbs.gns / cbs.b_crit_fit:.3g} (B_simple "
-                          f"{cbs.gns:.4g}, B_crit {cbs.b_crit_fit:.4g}); McCandlish et al. "
-                          "(2018) predict B_crit close to the noise scale, which B_simple "
-                          "approximates."))
+                          f"{cbs.gns:.4g}, B_crit {cbs.b_crit_fit:.4g}), without an interval, "
+                          "so not set against McCandlish et al.'s (2018) prediction."))
     return items
 
 
@@ -187,6 +203,20 @@ NORM_CAPTION = ("The McCandlish B_crit of each normalization on its own: its tri
                 "the budget, left out of that norm's fit.")
 
 
+GNS_RATIO_CAPTION = (
+    "B_simple of the frontier's trials (the fastest per batch size) beside the fitted B_crit: "
+    "at_crossing reads the probe at the evaluation where each trial crosses the target "
+    "(gns_at_target), mean_to_crossing its mean over the evaluations up to it, step 0 "
+    "included (gns_mean_to_target). gns: the median over those trials, its interval from "
+    "resampling them; ratio = gns / b_crit, its interval from each resampled median over one "
+    "of B_crit's bootstrap refits (independent resamples); ratio_min, ratio_max: the single "
+    "trials'.")
+
+
+def _gns_ratio(a: Analyses) -> bool:
+    return len(a.results.critical.value.gns_ratio) > 0
+
+
 def _by_norm(a: Analyses) -> bool:
     return len(a.results.critical_by_norm.value) > 0
 
@@ -211,6 +241,8 @@ SECTION = SectionSpec(
      TablePart(lambda a: a.results.critical_by_target.value, caption=BY_TARGET_CAPTION,
                csv="critical_by_target", needs="critical_by_target", when=_by_target),
      ItemsPart(_target_words, needs="critical_by_target"),
+     TablePart(lambda a: a.results.critical.value.gns_ratio, caption=GNS_RATIO_CAPTION,
+               csv="gns_vs_b_crit", when=_gns_ratio),
      TablePart(lambda a: a.results.gns.value, caption=GNS_CAPTION, csv="gns", when=_gns,
                needs="gns"),
      FigurePart("gns", lambda a: figures.gns_figure(a.results.gns_curves.value.rows),
@@ -221,4 +253,6 @@ SECTION = SectionSpec(
      Csv("critical_by_norm", "critical_by_norm", when=_by_norm),
      Csv("critical_batch_size_points", "critical",
          lambda a: a.results.critical.value.cbs.points),
-     Csv("gns", "gns", when=_gns)))
+     Csv("gns", "gns", when=_gns),
+     Csv("gns_vs_b_crit", "critical", lambda a: a.results.critical.value.gns_ratio,
+         when=_gns_ratio)))
