@@ -78,3 +78,24 @@ def test_ratio_interval_counts_draws_without_a_ratio_against_both_ends():
     lower, upper, undefined = ratio_interval(num, den, 0.8)
     assert undefined == pytest.approx(0.2)  # the NaN and the x / 0
     assert (lower, upper) == (0.0, np.inf)
+
+
+def test_the_report_names_the_literature_only_beside_a_ratio_that_excludes_one():
+    from lbt_study.analysis.by_target import trials_at
+    from lbt_study.analysis.summary import StudyInfo, analyze
+    from lbt_study.report.sections.critical import _target_words
+
+    trials, history = planted({0.8: 60.0, 0.9: 200.0})
+    trials = trials_at(trials, history, 0.9, "maximize")
+    study = StudyInfo({"name": "planted"}, "maximize", 0.9, targets=(0.8, 0.9))
+    words = [item.text for item in _target_words(analyze(trials, history, study))]
+    assert len(words) == 1
+    assert words[0].startswith("B_crit at target 0.9 / at 0.8 = ")
+    assert "it excludes 1, B_crit is larger at the harder target, as McCandlish et al. " \
+           "(2018) and Zhang et al. (2024) find." in words[0]
+    same, history = planted({0.8: 200.0, 0.9: 200.0}, seed=3)  # the same B_crit
+    same = trials_at(same, history, 0.9, "maximize")
+    words = [item.text for item in _target_words(analyze(same, history, study))]
+    assert words[0].endswith("it contains 1, so these trials do not show B_crit changing "
+                             "between the two targets.")
+    assert "McCandlish" not in words[0]

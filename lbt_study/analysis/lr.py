@@ -369,17 +369,17 @@ def _free_fit(pool: pd.DataFrame, codes: np.ndarray, s: _Setup) -> dict:
         shape = "concave-down" if s.direction == "maximize" else "convex"
         return {**row, "reason": _join(thin, f"no batch size's trials are {shape} in log(lr) "
                                        "(no optimum)")}
+    shared_k, _, shared_rss = shared_curvature_fit(c, x, u, y)
+    f, p = curvature_test(shared_rss, fit.rss, groups, n)
+    row.update(exponent_shared_curvature=shared_k, curvature_f=f, curvature_p=p)
     if min(abs(fit.k - end) for end in K_RANGE) < 1e-6:
         return {**row, "exponent_lower": -math.inf, "exponent_upper": math.inf,
                 **dict.fromkeys(RULES, True), "reason": _join(thin, (
                     f"the best fit runs to the edge of the exponents searched ({K_RANGE[0]:g} "
                     f"to {K_RANGE[1]:g}): no estimate of k, and its interval is unbounded"))}
-    shared_k, _, shared_rss = shared_curvature_fit(c, x, u, y)
-    f, p = curvature_test(shared_rss, fit.rss, groups, n)
     row.update(exponent=fit.k, exponent_lower=fit.lower, exponent_upper=fit.upper,
                coefficient=_lr(x0 + fit.a - fit.k * u0),
-               r_squared=1 - fit.rss / fit.total if fit.total > 0 else math.nan,
-               exponent_shared_curvature=shared_k, curvature_f=f, curvature_p=p)
+               r_squared=1 - fit.rss / fit.total if fit.total > 0 else math.nan)
     if not math.isnan(fit.lower):
         row.update({name: bool(fit.lower <= rule <= fit.upper) for name, rule in RULES.items()})
     differs = p < 1 - s.ci and (

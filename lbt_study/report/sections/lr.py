@@ -59,7 +59,9 @@ def _result(fit: pd.Series, ci: float) -> str:
     how = (f"a curvature per batch size and one optimum line over {fit['n_trials']} trials "
            f"at {fit['n_points']} batch sizes" if fit["method"] == PROFILE else
            f"a power law through the best trial of {fit['n_points']} batch sizes")
-    text = f"{fit['parameter']}: k = {fit['exponent']:.2f} from {how}"
+    k = (f"k = {fit['exponent']:.2f}" if pd.notna(fit["exponent"])
+         else "no estimate of k (see below)")
+    text = f"{fit['parameter']}: {k} from {how}"
     if pd.isna(fit["exponent_lower"]):
         return text + ", no interval."
     text += (f", {ci:.0%} interval [{fit['exponent_lower']:.2f}, "
@@ -76,7 +78,7 @@ def _words(a: Analyses) -> list[Item]:
     """Each fit's result, then its reason: a Reason where it failed, else a note."""
     fits = a.results.lr.value.fits
     items: list[Item] = [Text(_result(fit, a.settings.ci)) for _, fit in fits.iterrows()
-                         if pd.notna(fit["exponent"])]
+                         if pd.notna(fit["exponent"]) or pd.notna(fit["exponent_lower"])]
     return items + [Reason(f"{fit.parameter}: {fit.reason}") if pd.isna(fit.exponent)
                     else Text(f"Note: {fit.parameter}: {fit.reason}")
                     for fit in fits[fits["reason"].notna()].itertuples()]
@@ -119,8 +121,8 @@ SECTION = SectionSpec(
                                                           "warmup_epochs"),
                 lambda _: "lr_opt per batch size (the vertex of its parabola, with its "
                 "interval; hollow: edge, the best trial's lr), the best trial's lr (x), the "
-                "joint fit and the reference rules through the smallest batch size; warmup: "
-                "the best trial's.", _has_points, _missing)),
+                "free-curvature fit's optimum line and the reference rules through the "
+                "smallest batch size; warmup: the best trial's.", _has_points, _missing)),
     (Csv("lr_scaling", "lr", lambda a: a.results.lr.value.fits),
      Csv("lr_scaling_points", "lr", lambda a: a.results.lr.value.points),
      Csv("lr_scaling_by_norm", "lr_by_norm", lambda a: a.results.lr_by_norm.value.fits,
