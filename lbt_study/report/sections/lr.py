@@ -115,8 +115,8 @@ SECTION = SectionSpec(
                "lr (a bound on the optimum).", csv="lr_scaling_points", when=_has_points),
      TablePart(_norm_fits, ("norm", *LR_COLUMNS),
                caption="The learning-rate exponent of each normalization on its own (its own "
-               "trials, the same joint fit and bootstrap).", csv="lr_scaling_by_norm",
-               needs="lr_by_norm", when=_by_norm),
+               "trials, the same free-curvature fit and profile interval).",
+               csv="lr_scaling_by_norm", needs="lr_by_norm", when=_by_norm),
      FigurePart("lr_scaling", lambda a: figures.lr_figure(a.results.lr.value, "learning_rate",
                                                           "warmup_epochs"),
                 lambda _: "lr_opt per batch size (the vertex of its parabola, with its "
