@@ -47,6 +47,16 @@ def lr_fit(result) -> pd.Series:
     return result.fits.set_index("parameter").loc["learning_rate"]
 
 
+def fitted_batch_sizes(trials: pd.DataFrame, window: float = 2.0) -> int:
+    """Batch sizes with 3 distinct lrs within ``window`` decades of their best trial's."""
+    count = 0
+    for _, part in trials.groupby("batch_size"):
+        best = np.log10(part.loc[part["final_objective"].idxmax(), "learning_rate"])
+        near = part[(np.log10(part["learning_rate"]) - best).abs() <= window]
+        count += near["learning_rate"].nunique() >= 3
+    return count
+
+
 def argmax_exponent(trials: pd.DataFrame) -> float:
     """The old estimate: log lr of the best trial per batch size against log B, by OLS."""
     best = trials.loc[trials.groupby("batch_size")["final_objective"].idxmax()]
@@ -55,22 +65,23 @@ def argmax_exponent(trials: pd.DataFrame) -> float:
 
 @pytest.mark.parametrize("k", [0.5, 1.0])
 def test_planted_exponent_recovered_over_seeds_and_better_than_the_argmax(k):
-    """Every seed within +-0.15; the 95% bootstrap interval covers k in at least 8 of 10
-    seeds (10 of 10 here, 97-98% over 300 seeds); the argmax errs several times more."""
+    """Every seed within +-0.25; the 95% profile interval covers k in at least 8 of 10
+    seeds; the argmax errs twice as much or more. Every batch size with 3 distinct lrs inside
+    the window enters the fit."""
     errors, covered, argmax_errors = [], 0, []
     for seed in SEEDS:
         trials = surface(k, seed)
         fit = lr_fit(lr_scaling(trials, "maximize"))
-        assert fit["method"] == "joint_quadratic"
-        assert fit["n_points"] == 7
+        assert fit["method"] == "free_curvature_profile"
+        assert fit["n_points"] == fitted_batch_sizes(trials)
         errors.append(abs(fit["exponent"] - k))
         covered += fit["exponent_lower"] <= k <= fit["exponent_upper"]
         assert bool(fit["sqrt_rule_in_ci"]) == (fit["exponent_lower"] <= 0.5
                                                 <= fit["exponent_upper"])
         argmax_errors.append(abs(argmax_exponent(trials) - k))
-    assert max(errors) <= 0.15, errors
+    assert max(errors) <= 0.25, errors  # a curvature per batch size costs precision
     assert covered >= 8
-    assert np.mean(errors) < 0.4 * np.mean(argmax_errors)
+    assert np.mean(errors) < 0.5 * np.mean(argmax_errors)
 
 
 def test_the_rules_are_told_apart_when_the_data_can_tell():
@@ -87,7 +98,7 @@ def test_noise_free_surface_gives_the_plant_exactly():
     assert fit["exponent"] == pytest.approx(0.7, abs=1e-9)
     assert fit["coefficient"] == pytest.approx(lr_star(1.0, 0.7), rel=1e-8)
     assert fit["r_squared"] == pytest.approx(1.0)
-    assert (fit["exponent_lower"], fit["exponent_upper"]) == pytest.approx((0.7, 0.7), abs=1e-8)
+    assert (fit["exponent_lower"], fit["exponent_upper"]) == pytest.approx((0.7, 0.7), abs=1e-5)
     points = result.points
     assert points["batch_size"].tolist() == BATCHES.tolist()
     assert points["lr_opt"].to_numpy() == pytest.approx(lr_star(BATCHES, 0.7), rel=1e-8)
@@ -182,18 +193,25 @@ def test_too_few_for_the_joint_model_falls_back_to_the_best_trials():
     fit = lr_fit(lr_scaling(table, "maximize"))
     assert fit["method"] == "best_trial_power_fit"
     assert fit["exponent"] == pytest.approx(argmax_exponent(table))
-    assert fit["reason"] == ("4 trials at 2 batch sizes: the joint quadratic needs 6 (3 shared "
-                             "coefficients, 1 offset per batch size, 1 spare): k from the best "
-                             "trial of each batch size instead; 2 batch sizes: k is exact, no "
-                             "interval (needs 3)")
+    assert fit["reason"] == ("batch_size 16, 256 left out of the fit of k (fewer than 3 "
+                             "distinct learning rates: no curvature of their own); 0 batch "
+                             "sizes to fit; k needs 2: k from the best trial of each batch size "
+                             "instead; 2 batch sizes: k is exact, no interval (needs 3)")
+    three = surface(0.5, 0, per_batch=3, grid=True)
+    three = three[three["batch_size"].isin([16, 256])]
+    fit = lr_fit(lr_scaling(three, "maximize"))
+    assert fit["method"] == "best_trial_power_fit"
+    assert fit["reason"].startswith("6 trials at 2 batch sizes: the fit needs 7 (an offset and "
+                                    "a curvature per batch size, the optimum line's 2 "
+                                    "coefficients, 1 spare): k from the best trial")
     assert pd.isna(fit["linear_rule_in_ci"])
     fixed = surface(0.5, 0, per_batch=3)  # lr set by a rule: one lr per batch size
     fixed["learning_rate"] = lr_star(fixed["batch_size"], 0.5)
     fit = lr_fit(lr_scaling(fixed, "maximize"))
     assert fit["method"] == "best_trial_power_fit"
     assert fit["exponent"] == pytest.approx(0.5)
-    assert fit["reason"].startswith("the joint quadratic is singular (lr does not vary enough "
-                                    "within batch sizes): k from the best trial")
+    assert fit["reason"].startswith("batch_size 16, 32, 64, 128, 256, 512, 1024 left out of "
+                                    "the fit of k (fewer than 3 distinct learning rates")
 
 
 def test_window_leaves_out_trials_far_from_the_best():
@@ -218,20 +236,47 @@ def test_an_optimum_outside_the_lrs_tried_at_most_batch_sizes_gives_no_exponent(
     the lrs tried; that is an extrapolation, not a measurement of k."""
     far = {int(b): 10 * LR_RANGE[1] for b in BATCHES}
     fit = lr_fit(lr_scaling(surface(0.5, 3, noise=0.001, star=far), "maximize"))
-    assert fit["method"] == "joint_quadratic" and math.isnan(fit["exponent"])
+    assert fit["method"] == "free_curvature_profile" and math.isnan(fit["exponent"])
     assert "puts the optimum outside the lrs tried at batch_size 16, 32" in fit["reason"]
     inside = lr_fit(lr_scaling(surface(0.5, 3, noise=0.001), "maximize"))
     assert inside["exponent"] == pytest.approx(0.5, abs=0.05)
 
 
-def test_bootstrap_is_seeded():
-    trials = surface(0.5, 7)
-    first, again = lr_scaling(trials, "maximize"), lr_scaling(trials, "maximize")
-    assert_frame_equal(first.fits, again.fits)
-    other = lr_fit(lr_scaling(trials, "maximize", seed=1))
-    assert other["exponent"] == lr_fit(first)["exponent"]
-    assert other["exponent_lower"] != lr_fit(first)["exponent_lower"]
+def test_interval_ends_are_where_the_profile_rss_meets_the_f_threshold():
+    """At each end of the interval, min over a of RSS(a, k) (found here by a plain scipy
+    search from many starts) equals RSS_min (1 + F(0.95; 1, df) / df)."""
+    from scipy import optimize
 
+    trials = surface(0.5, 7)
+    fit = lr_fit(lr_scaling(trials, "maximize", window=None))
+    x, y = np.log(trials["learning_rate"].to_numpy()), trials["final_objective"].to_numpy()
+    codes = pd.factorize(trials["batch_size"], sort=True)[0]
+    u = np.log(BATCHES.astype(float))
+
+    def rss(a: float, k: float) -> float:
+        total = 0.0
+        for g in range(len(BATCHES)):
+            z2 = (x[codes == g] - a - k * u[g]) ** 2
+            design = np.column_stack([np.ones_like(z2), z2])
+            coef = np.linalg.lstsq(design, y[codes == g], rcond=None)[0]
+            if coef[1] > 0:  # no peak: a flat line
+                coef = np.array([y[codes == g].mean(), 0.0])
+            total += float(np.sum((y[codes == g] - design @ coef) ** 2))
+        return total
+
+    def profile(k: float) -> float:
+        starts = np.linspace(-8, 2, 21)
+        return min(optimize.minimize_scalar(lambda a: rss(a, k), bounds=(s - 0.5, s + 0.5),
+                                            method="bounded").fun for s in starts)
+
+    df = len(trials) - 2 * len(BATCHES) - 2
+    best = profile(fit["exponent"])
+    threshold = best * (1 + stats.f.ppf(0.95, 1, df) / df)
+    assert fit["exponent_lower"] < 0.5 < fit["exponent_upper"]
+    for end in (fit["exponent_lower"], fit["exponent_upper"]):
+        assert profile(end) == pytest.approx(threshold, rel=1e-4)
+    assert fit["r_squared"] == pytest.approx(1 - best / sum(
+        float(np.sum((y[codes == g] - y[codes == g].mean()) ** 2)) for g in range(7)), rel=1e-6)
 
 def test_by_norm_fits_each_norm_on_its_own():
     batch = surface(0.5, 8)
@@ -244,7 +289,9 @@ def test_by_norm_fits_each_norm_on_its_own():
     assert fits.loc["layer", "exponent"] == pytest.approx(1.0, abs=0.15)
     assert fits.loc["batch", "exponent"] == lr_fit(lr_scaling(batch, "maximize"))["exponent"]
     assert math.isnan(fits.loc["none", "exponent"])
-    assert fits.loc["none", "reason"] == "1 batch sizes to fit; k needs 2"
+    assert fits.loc["none", "reason"] == ("batch_size 16 left out of the fit of k (fewer than 3 "
+                                          "distinct learning rates: no curvature of their own); "
+                                          "0 batch sizes to fit; k needs 2")
     assert result.points.groupby("norm").size().to_dict() == {"batch": 7, "layer": 7, "none": 1}
     assert result.points.columns[0] == "norm"
 
@@ -293,7 +340,5 @@ def test_lr_scaling_rejects_bad_arguments():
         lr_scaling(sweep(0.01 * POWERS), "max")
     with pytest.raises(CannotCompute, match="has no lr column"):
         lr_scaling(sweep(0.01 * POWERS), "maximize", lr_col="lr")
-    with pytest.raises(ValueError, match="n_boot must be > 0"):
-        lr_scaling(sweep(0.01 * POWERS), "maximize", n_boot=0)
     with pytest.raises(ValueError, match="window must be > 0"):
         lr_scaling(sweep(0.01 * POWERS), "maximize", window=-1.0)

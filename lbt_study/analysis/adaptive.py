@@ -79,8 +79,7 @@ def interval_state(trials: pd.DataFrame, direction: str, *, lr: bool = False,
     out["rel_width"] = rel_width(out["b_crit"], out["lower"], out["upper"])
     if lr:
         try:
-            fits = lr_scaling(trials, direction, n_boot=n_boot, seed=seed, ci=ci,
-                              statuses=lr_statuses).fits
+            fits = lr_scaling(trials, direction, ci=ci, statuses=lr_statuses).fits
             row = fits[fits["parameter"] == "learning_rate"].iloc[0]
             out.update(lr_exponent=float(row["exponent"]),
                        lr_width=float(row["exponent_upper"] - row["exponent_lower"]))

@@ -5,14 +5,14 @@ measured noise scale (``critical_estimates``), and B_crit at each of the study's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from lbt_study.analysis._checks import missing_columns
 from lbt_study.analysis.by_target import critical_by_crossing, critical_by_target
 from lbt_study.analysis.frontier import steps_to_target_frontier
-from lbt_study.analysis.noise_scale import median_gns
+from lbt_study.analysis.noise_scale import gns_against_b_crit, median_gns
 from lbt_study.analysis.outcome import Outcome, attempt, guard
 from lbt_study.analysis.scaling import (
     CriticalBatchSize,
@@ -33,12 +33,15 @@ class CriticalEstimates:
     the frontier points). table: one row per method of ``CriticalBatchSize.estimates``
     (``ESTIMATE_COLUMNS``: its interval, ratio_to_b_crit, S_min and E_min of the fits, and
     why a value is missing or needs a word). gns_how: how the noise scale set beside B_crit
-    was found (None when none was: the gns_simple row's reason says why).
+    was found (None when none was: the gns_simple row's reason says why). gns_ratio: the
+    frontier trials' noise scale at the crossing and averaged up to it, each beside B_crit
+    with intervals (``noise_scale.gns_against_b_crit``; no rows without a fitted B_crit).
     """
 
     cbs: CriticalBatchSize
     table: pd.DataFrame
     gns_how: str | None
+    gns_ratio: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def critical_estimates(steps: Outcome[pd.DataFrame], gns: Outcome[pd.DataFrame],
@@ -74,8 +77,12 @@ def critical_estimates(steps: Outcome[pd.DataFrame], gns: Outcome[pd.DataFrame],
     fitted = table["method"].str.startswith("mccandlish")
     table["s_min"] = fitted.map({True: cbs.s_min, False: math.nan})
     table["e_min"] = fitted.map({True: cbs.e_min, False: math.nan})
+    ratio = pd.DataFrame()
+    if trials is not None and math.isfinite(cbs.b_crit_fit) and cbs.b_crit_fit > 0:
+        draws = cbs.bootstrap.samples if cbs.bootstrap is not None else None
+        ratio = gns_against_b_crit(steps, trials, cbs.b_crit_fit, draws, s.ci, s.seed)
     return Outcome(CriticalEstimates(cbs, table[list(ESTIMATE_COLUMNS)],
-                                     gns_words if median is not None else None))
+                                     gns_words if median is not None else None, ratio))
 
 
 def critical_vs_target(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,

@@ -8,13 +8,16 @@ trial per batch size, the steps frontier) and passes its reason on when it has o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from lbt_study.analysis._checks import missing_columns
 from lbt_study.analysis.best import best_per_batch_size
 from lbt_study.analysis.outcome import Outcome, attempt
+from lbt_study.analysis.paired import ratio_interval
 from lbt_study.analysis.settings import AnalysisSettings
 
 GNS_COLUMNS = ("gns_at_target", "final_gns_probe", "final_gns_simple")
@@ -67,6 +70,57 @@ def _median_gns_at_target(steps: Outcome[pd.DataFrame] | None,
         return None
     return float(values.median()), (f"median gns_at_target of the fastest trial at "
                                     f"{len(values)} of {len(ids)} batch sizes")
+
+
+GNS_MEASURES = {"at_crossing": "gns_at_target", "mean_to_crossing": "gns_mean_to_target"}
+"""The two readings of the probe set beside B_crit, and the trials table's column of each:
+the probe at the evaluation where the trial crosses the target, and its mean over every
+evaluation up to and including that one (step 0 among them)."""
+GNS_RATIO_COLUMNS = ("measure", "column", "n_trials", "gns", "gns_lower", "gns_upper",
+                     "b_crit", "ratio", "ratio_lower", "ratio_upper", "ratio_min",
+                     "ratio_max", "reason")
+
+
+def gns_against_b_crit(steps: Outcome[pd.DataFrame], trials: pd.DataFrame,
+                       b_crit: float, b_crit_draws: np.ndarray | None, ci: float,
+                       seed: int = 0) -> pd.DataFrame:
+    """B_simple of the steps frontier's trials (the fastest per batch size) beside B_crit,
+    one row per reading (``GNS_MEASURES``): ``gns`` the median over those trials with the
+    ``ci`` percentile interval of the median over resamples of them (as many resamples as
+    ``b_crit_draws``, ``numpy.random.default_rng(seed)``); ``ratio`` = gns / b_crit with the
+    interval of (resampled median) / (B_crit draw), draw by draw: the noise scale's resample
+    is independent of B_crit's (``b_crit_draws``, the trial bootstrap's refits), so the
+    interval carries both; ``ratio_min`` .. ``ratio_max`` the single trials' gns / b_crit.
+    A reading no frontier trial has is NaN with its reason."""
+    rows = []
+    ids = steps.value["trial_id"].dropna() if not steps.reason else pd.Series(dtype=object)
+    chosen = trials[trials["trial_id"].isin(ids)] if "trial_id" in trials else trials.iloc[:0]
+    for measure, column in GNS_MEASURES.items():
+        row = dict.fromkeys(GNS_RATIO_COLUMNS, math.nan) | {
+            "measure": measure, "column": column, "b_crit": b_crit, "reason": None}
+        values = (pd.to_numeric(chosen[column]).dropna().to_numpy(float) if column in chosen
+                  else np.empty(0))
+        row["n_trials"] = len(values)
+        if steps.reason or not len(values):
+            rows.append({**row, "reason": steps.reason or f"no frontier trial has a {column}"})
+            continue
+        row.update(gns=float(np.median(values)), ratio=float(np.median(values)) / b_crit,
+                   ratio_min=float(values.min()) / b_crit, ratio_max=float(values.max()) / b_crit)
+        if b_crit_draws is None or not len(b_crit_draws):
+            rows.append({**row, "reason": "B_crit has no bootstrap draws: no intervals"})
+            continue
+        rng = np.random.default_rng(seed)
+        medians = np.median(values[rng.integers(0, len(values), (len(b_crit_draws),
+                                                                 len(values)))], axis=1)
+        tail = (1 - ci) / 2
+        row["gns_lower"], row["gns_upper"] = np.quantile(medians, [tail, 1 - tail],
+                                                         method="inverted_cdf")
+        lower, upper, undefined = ratio_interval(medians, b_crit_draws, ci)
+        row.update(ratio_lower=lower, ratio_upper=upper, reason=(
+            f"{undefined:.0%} of B_crit's draws had no value, counted against both ends"
+            if undefined else None))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(GNS_RATIO_COLUMNS))
 
 
 @dataclass(frozen=True, eq=False)

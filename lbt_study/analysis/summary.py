@@ -140,7 +140,7 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                           statuses=s.frontier_statuses, needs_target=True),
         gns_curves=gns_curves(best, history, trials, d, s),
         lr=run(trials, study, ("batch_size", "learning_rate", "final_objective"),
-               "lr scaling", lr_scaling, trials, d, ci=s.ci, n_boot=s.n_boot, seed=s.seed,
+               "lr scaling", lr_scaling, trials, d, ci=s.ci,
                statuses=ok),
         lr_by_norm=lr_by_norm(trials, study, s), gap=gap,
         budgets=run(trials, study, ("budget",), "the budgets", budgets_used, trials),
@@ -205,7 +205,7 @@ def lr_by_norm(trials: pd.DataFrame, study: StudyInfo,
         return Outcome(None)
     return run(trials, study, ("batch_size", "learning_rate", "final_objective", "norm"),
                "lr scaling per norm", lr_scaling, trials, study.direction, by=("norm",),
-               ci=s.ci, n_boot=s.n_boot, seed=s.seed, statuses=s.statuses)
+               ci=s.ci, statuses=s.statuses)
 
 
 def diffusion(trials: pd.DataFrame, history: pd.DataFrame,

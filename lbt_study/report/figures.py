@@ -197,9 +197,10 @@ def _fit_lines(ax: Axes, grid: np.ndarray, fit: pd.Series, rules: dict[str, floa
     through ``start`` (a batch size and its value)."""
     if math.isfinite(fit["exponent"]):
         interval = ""
-        if math.isfinite(fit["exponent_lower"]):
+        if not math.isnan(fit["exponent_lower"]):  # -inf / inf: unbounded
             interval = f" [{fit['exponent_lower']:.2f}, {fit['exponent_upper']:.2f}] ({ci:.0%})"
-        how = "joint fit" if fit.get("method") == "joint_quadratic" else "fit"
+        how = ("free-curvature fit" if fit.get("method") == "free_curvature_profile"
+               else "fit")
         ax.plot(grid, fit["coefficient"] * grid ** fit["exponent"], color="#3b5b92", lw=1.5,
                 label=f"{how}: k = {fit['exponent']:.2f}{interval}")
     b0, v0 = start

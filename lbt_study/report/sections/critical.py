@@ -91,11 +91,23 @@ def _notes(a: Analyses) -> list[Item]:
     items: list[Item] = []
     if cbs.zhang_b0_share > B0_DOMINATES:
         items.append(Text(f"Note: Zhang et al. 2024 rule: {cbs.zhang_reason}."))
-    if pd.notna(cbs.gns) and pd.notna(cbs.b_crit_fit):
+    ratios = a.results.critical.value.gns_ratio
+    shown = ratios[ratios["ratio_lower"].notna()] if len(ratios) else ratios
+    if len(shown):
+        words = {"at_crossing": "at the crossing", "mean_to_crossing":
+                 "averaged over the evaluations up to the crossing (step 0 included)"}
+        parts = [f"{words[r.measure]} {r.ratio:.3g} [{r.ratio_lower:.3g}, {r.ratio_upper:.3g}]"
+                 f" (single trials {r.ratio_min:.3g} to {r.ratio_max:.3g}), "
+                 f"{'holds' if r.ratio_lower <= 1 <= r.ratio_upper else 'excludes'} 1"
+                 for r in shown.itertuples()]
+        items.append(Text(f"B_simple / B_crit, the median over the frontier's trials with its "
+                          f"{a.settings.ci:.0%} interval: {'; '.join(parts)}. McCandlish et al. "
+                          "(2018) predict B_crit close to B_simple: a reading whose interval "
+                          "holds 1 is consistent with that, one that excludes 1 is not."))
+    elif pd.notna(cbs.gns) and pd.notna(cbs.b_crit_fit):
         items.append(Text(f"B_simple / B_crit = {cbs.gns / cbs.b_crit_fit:.3g} (B_simple "
-                          f"{cbs.gns:.4g}, B_crit {cbs.b_crit_fit:.4g}); McCandlish et al. "
-                          "(2018) predict B_crit close to the noise scale, which B_simple "
-                          "approximates."))
+                          f"{cbs.gns:.4g}, B_crit {cbs.b_crit_fit:.4g}), without an interval, "
+                          "so not set against McCandlish et al.'s (2018) prediction."))
     return items
 
 
@@ -118,8 +130,36 @@ def _gns_caption(a: Analyses) -> str:
 BY_TARGET_CAPTION = (
     "The McCandlish B_crit at each of the study's targets: the history measured again at each "
     "threshold (the crossing interpolated), the frontier retaken and the curve refitted, with "
-    "the trial-bootstrap interval of the table above. McCandlish et al. (2018) and Zhang et "
-    "al. (2024) find it grows as the target gets harder.")
+    "the trial-bootstrap interval of the table above. b_crit_ratio: B_crit over the easiest "
+    "target's, with its paired interval (ratio_lower, ratio_upper: in each resample the same "
+    "trials are measured at every target).")
+
+
+def _target_words(a: Analyses) -> list[Item]:
+    """Each target's paired ratio in words: whether its interval excludes 1, and only then
+    the literature beside it."""
+    table = a.results.critical_by_target.value
+    if "ratio_lower" not in table:
+        return []
+    easiest = table.loc[table["b_crit_ratio"].eq(1.0) & table["ratio_lower"].isna(), "target"]
+    if easiest.empty:
+        return []
+    base, items = float(easiest.iloc[0]), []
+    for row in table[table["ratio_lower"].notna()].itertuples():
+        shown = (f"B_crit at target {row.target:g} / at {base:g} = {row.b_crit_ratio:.3g}, "
+                 f"{a.settings.ci:.0%} paired interval [{row.ratio_lower:.3g}, "
+                 f"{row.ratio_upper:.3g}]")
+        if row.ratio_lower <= 1 <= row.ratio_upper:
+            items.append(Text(f"{shown}: it contains 1, so these trials do not show B_crit "
+                              "changing between the two targets."))
+            continue
+        way = "larger" if row.ratio_lower > 1 else "smaller"
+        agrees = ("as McCandlish et al. (2018) and Zhang et al. (2024) find" if way == "larger"
+                  else "against McCandlish et al. (2018) and Zhang et al. (2024), who find it "
+                  "grows as the target gets harder")
+        items.append(Text(f"{shown}: it excludes 1, B_crit is {way} at the harder target, "
+                          f"{agrees}."))
+    return items
 GNS_CAPTION = (
     "The noise scale of the best trial per batch size: gns_at_target (the evaluation-time "
     "probe at the evaluation that reached the target), final_gns_probe (at the last "
@@ -159,6 +199,20 @@ NORM_CAPTION = ("The McCandlish B_crit of each normalization on its own: its tri
                 "the budget, left out of that norm's fit.")
 
 
+GNS_RATIO_CAPTION = (
+    "B_simple of the frontier's trials (the fastest per batch size) beside the fitted B_crit: "
+    "at_crossing reads the probe at the evaluation where each trial crosses the target "
+    "(gns_at_target), mean_to_crossing its mean over the evaluations up to it, step 0 "
+    "included (gns_mean_to_target). gns: the median over those trials, its interval from "
+    "resampling them; ratio = gns / b_crit, its interval from each resampled median over one "
+    "of B_crit's bootstrap refits (independent resamples); ratio_min, ratio_max: the single "
+    "trials'.")
+
+
+def _gns_ratio(a: Analyses) -> bool:
+    return len(a.results.critical.value.gns_ratio) > 0
+
+
 def _by_norm(a: Analyses) -> bool:
     return len(a.results.critical_by_norm.value) > 0
 
@@ -182,6 +236,9 @@ SECTION = SectionSpec(
                csv="critical_by_crossing", needs="critical_by_crossing"),
      TablePart(lambda a: a.results.critical_by_target.value, caption=BY_TARGET_CAPTION,
                csv="critical_by_target", needs="critical_by_target", when=_by_target),
+     ItemsPart(_target_words, needs="critical_by_target"),
+     TablePart(lambda a: a.results.critical.value.gns_ratio, caption=GNS_RATIO_CAPTION,
+               csv="gns_vs_b_crit", when=_gns_ratio),
      TablePart(lambda a: a.results.gns.value, caption=GNS_CAPTION, csv="gns", when=_gns,
                needs="gns"),
      FigurePart("gns", lambda a: figures.gns_figure(a.results.gns_curves.value.rows),
@@ -192,4 +249,6 @@ SECTION = SectionSpec(
      Csv("critical_by_norm", "critical_by_norm", when=_by_norm),
      Csv("critical_batch_size_points", "critical",
          lambda a: a.results.critical.value.cbs.points),
-     Csv("gns", "gns", when=_gns)))
+     Csv("gns", "gns", when=_gns),
+     Csv("gns_vs_b_crit", "critical", lambda a: a.results.critical.value.gns_ratio,
+         when=_gns_ratio)))
