@@ -86,6 +86,7 @@ class LRScaling:
     ``linear_rule_in_ci`` (k = 1, Goyal et al. 2017), ``sqrt_rule_in_ci`` (k = 0.5, Hoffer et
     al. 2017), ``constant_in_ci`` (k = 0; missing where the interval is NaN) and ``reason``
     (missing, or why a value is NaN, what was left out, which fallback was taken).
+    metric, direction: what the parabolas were fitted to, and which way is better.
     points: one row per group and batch size with a usable trial: the ``by`` keys, the batch
     size, ``n_trials``, ``lr_min``/``lr_max`` (the lrs tried), the best trial's ``trial_id``,
     lr, warmup and objective, ``lr_opt`` with ``lr_opt_lower``/``lr_opt_upper``, ``method``
@@ -95,6 +96,8 @@ class LRScaling:
     fits: pd.DataFrame
     points: pd.DataFrame
     ci: float
+    metric: str = "final_objective"
+    direction: str = "maximize"
 
 
 def lr_scaling(
@@ -143,7 +146,7 @@ def lr_scaling(
     for column in RULES:
         frame[column] = frame[column].astype("boolean")
     shown = pd.concat(points, ignore_index=True) if points else pd.DataFrame()
-    return LRScaling(fits=frame, points=shown, ci=ci)
+    return LRScaling(fits=frame, points=shown, ci=ci, metric=metric, direction=direction)
 
 
 @dataclass(frozen=True)

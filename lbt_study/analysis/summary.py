@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from lbt_study.analysis._checks import missing_columns
@@ -140,8 +141,7 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                           statuses=s.frontier_statuses, needs_target=True),
         gns_curves=gns_curves(best, history, trials, d, s),
         lr=run(trials, study, ("batch_size", "learning_rate", "final_objective"),
-               "lr scaling", lr_scaling, trials, d, ci=s.ci,
-               statuses=ok),
+               "lr scaling", lr_scaling, *lr_inputs(trials, study), ci=s.ci, statuses=ok),
         lr_by_norm=lr_by_norm(trials, study, s), gap=gap,
         budgets=run(trials, study, ("budget",), "the budgets", budgets_used, trials),
         gap_by_budget=gap_by_budget(gap, trials),
@@ -204,8 +204,26 @@ def lr_by_norm(trials: pd.DataFrame, study: StudyInfo,
     if "norm" not in trials or trials["norm"].nunique() < 2:
         return Outcome(None)
     return run(trials, study, ("batch_size", "learning_rate", "final_objective", "norm"),
-               "lr scaling per norm", lr_scaling, trials, study.direction, by=("norm",),
+               "lr scaling per norm", lr_scaling, *lr_inputs(trials, study), by=("norm",),
                ci=s.ci, statuses=s.statuses)
+
+
+LR_STEPS_METRIC = "log_steps_to_target"
+
+
+def lr_inputs(trials: pd.DataFrame, study: StudyInfo) -> tuple[pd.DataFrame, str, str]:
+    """The trials, direction and metric the learning-rate fit uses (positionally, as
+    ``lr_scaling`` takes them): the final objective in the study's direction; in a study
+    whose every trial stops at the target (``stop_at_target``) the final objective sits at
+    the target in every trial that reached it and says little about the lr, so there it is
+    ln(steps_to_target), minimised (trials that never reached the target left out)."""
+    stops = ("stop_at_target" in trials.columns and not trials.empty
+             and bool(trials["stop_at_target"].eq(True).all())
+             and "steps_to_target" in trials.columns and study.target is not None)
+    if not stops:
+        return trials, study.direction, "final_objective"
+    logged = trials.assign(**{LR_STEPS_METRIC: np.log(trials["steps_to_target"])})
+    return logged, "minimize", LR_STEPS_METRIC
 
 
 def diffusion(trials: pd.DataFrame, history: pd.DataFrame,

@@ -25,8 +25,16 @@ RULE_NAMES = {"constant_in_ci": "a constant (k = 0)",
 def _intro(a: Analyses) -> str:
     linear, sqrt, constant = (RULES[k] for k in ("linear_rule_in_ci", "sqrt_rule_in_ci",
                                                   "constant_in_ci"))
-    return ("The tuned learning rate lr_opt of each batch size is the peak of a parabola in "
-            f"log(lr) fitted to its trials (those within {WINDOW:g} decades of its best). The "
+    fit = a.results.lr.value
+    metric = "final_objective" if fit is None else fit.metric
+    on = (f"{metric}" if metric == "final_objective" else
+          f"{metric}, ln(steps_to_target), since every trial stopped at the target (its "
+          "final objective is the target's, whatever the lr); trials that never reached "
+          "it are left out")
+    best = "peak" if fit is None or fit.direction == "maximize" else "minimum"
+    return (f"The tuned learning rate lr_opt of each batch size is the {best} of a parabola in "
+            f"log(lr) fitted to its trials' {on} (those within {WINDOW:g} decades of its "
+            "best). The "
             "exponent k of lr_opt ~ B^k comes from one model of every trial with its own "
             "curvature and offset per batch size and one optimum line, ln lr_opt = a + k ln B, "
             "fitted by profile least squares, with the "
