@@ -41,6 +41,7 @@ from lbt_study.analysis.recommend import RECOMMEND_NEEDS, Recommendation, recomm
 from lbt_study.analysis.scaling import classify_regimes
 from lbt_study.analysis.settings import AnalysisSettings, StudyInfo
 from lbt_study.analysis.throughput import throughput_frontier
+from lbt_study.analysis.verdicts import verdicts
 from lbt_study.records.schema import STATUSES
 
 GAP_COLUMNS = ("gap_accuracy_at_target", "gap_loss_at_target", "final_gap_accuracy",
@@ -70,7 +71,8 @@ class Results:
     diffusion: ``diffusion_fit`` (empty without weight_distance). throughput:
     ``throughput_frontier``. pareto: ``pareto_front``. adaptive: ``adaptive_summary``.
     branched: ``cbs_over_training``. recommendation: ``recommend`` (what to run for each
-    goal, and the leave-one-batch-size-out check of the fitted curve).
+    goal, and the leave-one-batch-size-out check of the fitted curve). verdicts: ``verdicts``
+    (which of the literature's rules held on this workload).
     """
 
     status_counts: Frame
@@ -99,6 +101,7 @@ class Results:
     adaptive: Outcome[AdaptiveSummary]
     branched: Frame
     recommendation: Outcome[Recommendation]
+    verdicts: Frame
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,6 +125,9 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                best_per_batch_size, trials, d, statuses=ok)
     steps, examples, regimes = _frontiers(trials, study, s)
     gns, gap = gns_of_best(best), gaps(trials, study, ok)
+    lr = run(trials, study, ("batch_size", "learning_rate", "final_objective"),
+             "lr scaling", lr_scaling, *lr_inputs(trials, study), ci=s.ci, statuses=ok)
+    critical = critical_estimates(steps, gns, s, trials, d)
     results = Results(
         status_counts=Outcome(status_counts(trials)), errors=Outcome(error_counts(trials)),
         best=best,
@@ -129,7 +135,7 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                       "best trial per norm", best_per_batch_size, trials, d,
                       by=("norm", "batch_size"), statuses=ok),
         steps=steps, examples=examples, regimes=regimes, gns=gns,
-        critical=critical_estimates(steps, gns, s, trials, d),
+        critical=critical,
         critical_by_target=critical_vs_target(trials, history, study, s),
         critical_by_crossing=critical_vs_crossing(trials, history, study, s),
         critical_by_norm=critical_per_norm(trials, study, s),
@@ -140,8 +146,7 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                           ci=s.ci,
                           statuses=s.frontier_statuses, needs_target=True),
         gns_curves=gns_curves(best, history, trials, d, s),
-        lr=run(trials, study, ("batch_size", "learning_rate", "final_objective"),
-               "lr scaling", lr_scaling, *lr_inputs(trials, study), ci=s.ci, statuses=ok),
+        lr=lr,
         lr_by_norm=lr_by_norm(trials, study, s), gap=gap,
         budgets=run(trials, study, ("budget",), "the budgets", budgets_used, trials),
         gap_by_budget=gap_by_budget(gap, trials),
@@ -156,7 +161,8 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
         branched=branched_cbs(trials, history, study),
         recommendation=run(trials, study, RECOMMEND_NEEDS, "the recommendation", recommend,
                            trials, d, price_per_hour=s.price_per_hour, ci=s.ci,
-                           statuses=s.frontier_statuses, needs_target=True))
+                           statuses=s.frontier_statuses, needs_target=True),
+        verdicts=verdict_table(trials, lr, critical, s))
     return Analyses(study, trials, history, tuple(notes), results, s)
 
 
@@ -206,6 +212,18 @@ def lr_by_norm(trials: pd.DataFrame, study: StudyInfo,
     return run(trials, study, ("batch_size", "learning_rate", "final_objective", "norm"),
                "lr scaling per norm", lr_scaling, *lr_inputs(trials, study), by=("norm",),
                ci=s.ci, statuses=s.statuses)
+
+
+def verdict_table(trials: pd.DataFrame, lr: Outcome[LRScaling],
+                  critical: Outcome[CriticalEstimates], s: AnalysisSettings) -> Frame:
+    """``verdicts`` from the lr fit and the noise scale against B_crit already computed."""
+    if trials.empty:
+        return Outcome(reason=NO_ROWS)
+    ratio = None if critical.reason else critical.value.gns_ratio
+    ratio = None if ratio is None or ratio.empty else ratio
+    gns_reason = critical.reason or (None if ratio is not None else "no noise-scale ratio")
+    return attempt("the verdicts", verdicts, trials, lr.value, lr.reason, ratio, gns_reason,
+                   n_boot=s.n_boot, seed=s.seed, ci=s.ci)
 
 
 LR_STEPS_METRIC = "log_steps_to_target"

@@ -18,6 +18,7 @@ from lbt_study.report.framework import FigurePart, SectionSpec, build_section
 
 ORDER = (
     "recommend",
+    "verdicts",
     "summary",
     "best",
     "steps",
