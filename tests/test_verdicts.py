@@ -50,6 +50,9 @@ def test_a_square_root_optimum_gives_square_root_rule_held():
     assert v.loc[SQRT, "verdict"] == HELD and v.loc[LINEAR, "verdict"] == NOT_HELD
     assert v.loc[SQRT, "value"] == pytest.approx(0.5, abs=0.03)
     assert v.loc[ADAM, "verdict"] == UNTESTED and "Adam or AdamW" in v.loc[ADAM, "why"]
+    warmup = v.loc["warmup is constant in epochs"]
+    assert warmup["verdict"] == UNTESTED and warmup["why"].startswith(
+        "warmup_epochs was not varied (none)")
 
 
 def test_a_linear_optimum_gives_linear_rule_held():

@@ -201,7 +201,13 @@ def verdicts(trials: pd.DataFrame, lr: LRScaling | None, lr_reason: str | None,
     """The verdicts table (``VERDICT_COLUMNS``), one row per claim."""
     optimizer = (str(trials["optimizer"].mode().iloc[0]) if "optimizer" in trials.columns
                  and trials["optimizer"].notna().any() else None)
-    rows = [*lr_rows(lr, lr_reason, optimizer), gns_row(gns_ratio, gns_reason),
+    rows = lr_rows(lr, lr_reason, optimizer)
+    warmups = trials["warmup_epochs"].dropna().unique() if "warmup_epochs" in trials else []
+    if len(warmups) < 2:
+        values = ", ".join(f"{w:g}" for w in warmups) or "none"
+        rows[-1]["why"] = (f"warmup_epochs was not varied ({values}); a study searching it "
+                           "at several batch sizes would test it")
+    rows += [gns_row(gns_ratio, gns_reason),
             ghost_row(trials, n_boot, seed, ci), hybrid_row(trials, n_boot, seed, ci),
             *(_row(c, s, m, why=w) for c, s, m, w in UNTESTED_HERE)]
     return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
