@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lbt_study.analysis._checks import missing_columns
+from lbt_study.analysis.adam import AdamScaling, adam_scaling, is_adam_study
 from lbt_study.analysis.adaptive import NOT_ADAPTIVE, AdaptiveSummary, adaptive_summary
 from lbt_study.analysis.best import best_per_batch_size, gap_by_norm, pareto_front
 from lbt_study.analysis.branched import cbs_over_training
@@ -72,7 +73,8 @@ class Results:
     ``throughput_frontier``. pareto: ``pareto_front``. adaptive: ``adaptive_summary``.
     branched: ``cbs_over_training``. recommendation: ``recommend`` (what to run for each
     goal, and the leave-one-batch-size-out check of the fitted curve). verdicts: ``verdicts``
-    (which of the literature's rules held on this workload).
+    (which of the literature's rules held on this workload). adam: ``adam_scaling`` (Adam
+    studies only).
     """
 
     status_counts: Frame
@@ -102,6 +104,7 @@ class Results:
     branched: Frame
     recommendation: Outcome[Recommendation]
     verdicts: Frame
+    adam: Outcome[AdamScaling]
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,7 +165,10 @@ def analyze(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
         recommendation=run(trials, study, RECOMMEND_NEEDS, "the recommendation", recommend,
                            trials, d, price_per_hour=s.price_per_hour, ci=s.ci,
                            statuses=s.frontier_statuses, needs_target=True),
-        verdicts=verdict_table(trials, lr, critical, s))
+        verdicts=verdict_table(trials, lr, critical, s),
+        adam=(attempt("Adam-era scaling", adam_scaling, trials, d, study.target,
+                      None if lr.reason else lr.value.points)
+              if d is not None and is_adam_study(trials) else Outcome(reason=NOT_ADAM)))
     return Analyses(study, trials, history, tuple(notes), results, s)
 
 
@@ -227,6 +233,7 @@ def verdict_table(trials: pd.DataFrame, lr: Outcome[LRScaling],
 
 
 LR_STEPS_METRIC = "log_steps_to_target"
+NOT_ADAM = "no trial used an Adam-family optimizer (adamw, lamb)"
 
 
 def lr_inputs(trials: pd.DataFrame, study: StudyInfo) -> tuple[pd.DataFrame, str, str]:

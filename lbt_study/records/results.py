@@ -49,7 +49,8 @@ _FROM_LAST_ROW = {
     "train_examples": "train_examples", "micro_batch_size": "micro_batch_size",
     "norm_batch_size": "norm_batch_size", "accumulation_steps_used": "accumulation_steps_used",
 }
-_REPORTED_ONCE = ("learning_rate", "batch_schedule", *about_columns())
+_REPORTED_ONCE = ("learning_rate", "adam_beta2", "adamw_tau_epochs", "batch_schedule",
+                  *about_columns())
 """Reported with the trial's first and last rows, not with every evaluation."""
 
 
@@ -112,7 +113,8 @@ def config_columns(rows: list[Mapping[str, Any]], requested: Mapping[str, Any]) 
     reported = next((r["config_as_run"] for r in rows if r.get("config_as_run")), None)
     config = json.loads(reported) if reported else dict(requested)
     out: dict[str, Any] = {k: config.get(k) for k in TrainSettings.model_fields}
-    out.update(learning_rate=math.nan, batch_schedule=None, **dict.fromkeys(about_columns()))
+    out.update(learning_rate=math.nan, adam_beta2=math.nan, adamw_tau_epochs=math.nan,
+               batch_schedule=None, **dict.fromkeys(about_columns()))
     for row in rows:
         out.update({k: row[k] for k in _REPORTED_ONCE if k in row})
     return out

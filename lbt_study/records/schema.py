@@ -55,7 +55,8 @@ TRIAL_ONLY_KEYS: frozenset[str] = frozenset({
     "status", "error", "diverged_step", "total_steps", "warmup_steps", "train_examples",
     "eval_seconds", "flops_per_example", "micro_batch_size", "accumulation_steps_used",
     "norm_batch_size", "mfu_run", "step_time_median_run", "step_time_p90_run",
-    "learning_rate", "batch_schedule", "config_as_run", "stopped_at_target",
+    "learning_rate", "adam_beta2", "adamw_tau_epochs", "batch_schedule", "config_as_run",
+    "stopped_at_target",
     *final_columns(), *about_columns(), *seconds_columns(),
 })
 """Keys a trial reports with its evaluations that describe the trial, not the evaluation:
@@ -102,6 +103,10 @@ TRIAL_IDENTITY_COLUMNS: dict[str, str] = {
 
 TRIAL_RESULT_COLUMNS: dict[str, str] = {
     "learning_rate": "the learning rate used (lr, or base_lr scaled to the batch size)",
+    "adam_beta2": "the Adam-family second-moment decay used (beta2, or under beta2_rule "
+                  "half_life beta2 ** (B / beta2_ref_batch_size)); empty for other optimizers",
+    "adamw_tau_epochs": "AdamW's timescale B / (lr x weight_decay x training-set size) in "
+                        "epochs (Bergsma et al. 2025); empty without AdamW and weight decay",
     "micro_batch_size": "examples per forward/backward on one worker (as run)",
     "accumulation_steps_used": "micro-batches per worker per step as run (more than asked when "
                                "memory forced a smaller micro-batch; B unchanged)",

@@ -127,6 +127,24 @@ def learning_rate(cfg: TrainConfig) -> float:
     return base * (cfg.batch_size / cfg.lr_ref_batch_size) ** cfg.lr_scaling_exponent
 
 
+def adam_beta2(cfg: TrainConfig) -> float:
+    """The second-moment decay the trial uses: ``beta2``, or under ``beta2_rule="half_life"``
+    beta2 ** (B / beta2_ref_batch_size), whose half-life ln 0.5 / ln beta2 steps of B examples
+    is the reference's in examples."""
+    if cfg.beta2_rule == "fixed":
+        return cfg.beta2
+    return cfg.beta2 ** (cfg.batch_size / cfg.beta2_ref_batch_size)
+
+
+def adamw_tau_epochs(cfg: TrainConfig, lr: float, train_examples: int) -> float:
+    """AdamW's timescale in epochs, tau = B / (lr x weight_decay x D) (Bergsma et al. 2025:
+    1 / (lr weight_decay) steps of B examples over a training set of D); NaN for another
+    optimizer or without weight decay."""
+    if cfg.optimizer != "adamw" or cfg.weight_decay <= 0 or train_examples <= 0:
+        return math.nan
+    return cfg.batch_size / (lr * cfg.weight_decay * train_examples)
+
+
 def phase_plans(cfg: TrainConfig) -> dict[int, BatchPlan]:
     """The batch plan of every growth phase's B (raises ``UserError`` if one does not divide)."""
     sizes = [cfg.batch_size * mult for _, mult in cfg.growth_phases()]

@@ -66,6 +66,15 @@ class TrainSettings(BaseModel):
     lr_ref_batch_size: int = Field(default=256, gt=0)
     lr_scaling_exponent: float = 1.0
     momentum: float = Field(default=0.9, ge=0, lt=1)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    """Adam-family (adamw, lamb) first-moment decay."""
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    """Adam-family second-moment decay (at ``beta2_ref_batch_size`` under the half-life rule)."""
+    beta2_rule: Literal["fixed", "half_life"] = "fixed"
+    """fixed: ``beta2`` at every batch size (per step, PyTorch's meaning); half_life: the
+    second moment's half-life kept constant in examples, not steps (Marek et al. 2025: small
+    batches stay stable when it is fixed in tokens): beta2 ** (B / beta2_ref_batch_size)."""
+    beta2_ref_batch_size: int = Field(default=256, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     trust_coefficient: float = Field(default=0.001, gt=0)
     """LARS's trust coefficient (eta in You et al. 2017)."""

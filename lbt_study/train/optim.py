@@ -253,12 +253,13 @@ takes the hyperparameters it uses and ignores the rest."""
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "sgd": lambda params, lr, momentum, weight_decay, **_: torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay),
-    "adamw": lambda params, lr, weight_decay, **_: torch.optim.AdamW(
-        params, lr=lr, weight_decay=weight_decay),
+    "adamw": lambda params, lr, weight_decay, betas=(0.9, 0.999), **_: torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay, betas=betas),
     "lars": lambda params, lr, momentum, weight_decay, trust_coefficient, **_: LARS(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay,
         trust_coefficient=trust_coefficient),
-    "lamb": lambda params, lr, weight_decay, **_: LAMB(params, lr=lr, weight_decay=weight_decay),
+    "lamb": lambda params, lr, weight_decay, betas=(0.9, 0.999), **_: LAMB(
+        params, lr=lr, weight_decay=weight_decay, betas=betas),
 }
 """The optimizer registry: name -> factory."""
 registered("optimizer", OPTIMIZERS, OPTIMIZER_NAMES)

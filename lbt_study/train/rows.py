@@ -18,12 +18,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from lbt_study.train.batching import adam_beta2, adamw_tau_epochs
 from lbt_study.train.device import PLAIN, GpuSettings, gather
 from lbt_study.train.measure import peak_memory_bytes
 from lbt_study.train.measurements.contract import Row
 from lbt_study.train.setup import Parts, world
 from lbt_study.train.state import TrainState
 from lbt_study.train.workload import Workload
+
+ADAM_FAMILY = ("adamw", "lamb")
+"""The optimizers with Adam's moment estimates (beta1, beta2)."""
 
 Reporter = Callable[[Row], None]
 Checkpointer = Callable[[Row, dict], None]
@@ -186,7 +190,10 @@ class RowBuilder:
         """Add what the trial ran: its config, learning rate and batch schedule, and the
         measurements' ``about`` keys (why gns_simple is not measured, None where it is)."""
         p = self.parts
-        row.update(config_as_run=p.cfg.model_dump_json(),
-                   learning_rate=p.schedule.learning_rate,
+        lr = p.schedule.learning_rate
+        adam = p.cfg.optimizer in ADAM_FAMILY
+        row.update(config_as_run=p.cfg.model_dump_json(), learning_rate=lr,
+                   adam_beta2=adam_beta2(p.cfg) if adam else math.nan,
+                   adamw_tau_epochs=adamw_tau_epochs(p.cfg, lr, len(p.data.x_train)),
                    batch_schedule=p.schedule.describe(), **self.about)
         return row

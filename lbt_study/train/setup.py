@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim import Optimizer, lr_scheduler
 
 from lbt_study.errors import UserError
-from lbt_study.train.batching import BatchPlan, BatchSchedule
+from lbt_study.train.batching import BatchPlan, BatchSchedule, adam_beta2
 from lbt_study.train.config import TrainConfig
 from lbt_study.train.device import (
     GpuSettings,
@@ -146,7 +146,8 @@ def _optimize_and_wrap(parts: Parts) -> None:
     cfg, schedule, model, device = parts.cfg, parts.schedule, parts.model, parts.device
     parts.opt = make_optimizer(cfg.optimizer, model.parameters(), lr=schedule.learning_rate,
                                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               trust_coefficient=cfg.trust_coefficient)
+                               trust_coefficient=cfg.trust_coefficient,
+                               betas=(cfg.beta1, adam_beta2(cfg)))
     parts.sched = make_scheduler(parts.opt, schedule.total_steps, schedule.warmup_steps,
                                  cfg.schedule)
     net = torch.compile(model) if parts.gpu.compile else model

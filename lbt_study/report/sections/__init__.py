@@ -24,6 +24,7 @@ ORDER = (
     "steps",
     "critical",
     "lr",
+    "adam",
     "gap",
     "throughput",
     "pareto",
