@@ -96,3 +96,15 @@ def test_the_surge_is_flagged_only_when_lr_opt_falls_beyond_its_interval():
     assert said is not None and "peaks at B = 256" in said and "B = 1024" in said
     assert lr_surge(points([0.001, 0.002, 0.004, 0.008])) is None
     assert lr_surge(points([0.001, 0.004, 0.008, 0.0075])) is None  # within the interval
+
+
+def test_the_adamw_spec_passes_preflight():
+    from pathlib import Path
+
+    from lbt_study.study.preflight import check_study
+    from lbt_study.study.spec import load_spec
+
+    study, _ = load_spec(Path(__file__).resolve().parent.parent / "search_spaces" /
+                         "digits_adamw.py")
+    check_study(study, samples=16)
+    assert study.fixed["optimizer"] == "adamw" and study.total_trials == 32
