@@ -43,10 +43,12 @@ from lbt_study.analysis.frontier import (
     steps_to_target_frontier,
     trial_groups,
 )
+from lbt_study.analysis.residual_bootstrap import studentized
 
 REGIMES = ("perfect scaling", "diminishing returns", "maximal data parallelism")
 _BOUND = 1e4  # the fit looks for B_crit within [B_min / _BOUND, B_max * _BOUND]
 B0_DOMINATES = 0.5  # Zhang's estimate is flagged when (1 + excess) B0 is more than this of it
+RESAMPLES = ("residuals", "trials")  # critical_batch_size_bootstrap's resample=
 UNEVEN = 0.2  # the fit is flagged when 1 / n_min - 1 / n_max exceeds this (n: trials per B)
 
 
@@ -303,8 +305,9 @@ def critical_batch_size_bootstrap(
     statuses: Sequence[str] | None = ("ok",),
     objective: str = "final_objective",
     frontier: pd.DataFrame | None = None,
+    resample: str = "residuals",
 ) -> CriticalBatchSize:
-    """``critical_batch_size`` of the trials' frontier, with a trial-level bootstrap interval.
+    """``critical_batch_size`` of the trials' frontier, with a bootstrap interval.
 
     The point estimates are those of ``critical_batch_size`` on ``steps_to_target_frontier``
     (``metric``, one row per ``batch_col``; ``frontier``: that frontier, already computed with
@@ -344,12 +347,35 @@ def critical_batch_size_bootstrap(
         return cbs  # no fit to redo: fit_reason says why; the interval stays NaN
     counts = frontier.loc[frontier[metric.removesuffix("_to_target")] > 0, "n_trials"]
     cbs = replace(cbs, fit_reason=_uneven_note(cbs.fit_reason, counts))
+    if resample not in RESAMPLES:
+        raise ValueError(f"critical_batch_size_bootstrap: resample must be one of "
+                         f"{list(RESAMPLES)}, got {resample!r}")
+    if resample == "residuals" and math.isfinite(cbs.b_crit_fit):
+        kept = cbs.points[cbs.points["examples_ratio"].notna()]
+        boot = residual_refits(kept["batch_size"].to_numpy(float),
+                               kept["steps"].to_numpy(float), int(n_boot), seed, ci)
+        return replace(cbs, b_crit_fit_lower=boot.lower, b_crit_fit_upper=boot.upper,
+                       interval="residual bootstrap-t", bootstrap=boot)
     pool = eligible(trials, statuses, "critical_batch_size_bootstrap")
     groups = trial_groups(pool, metric, [batch_col])
     batch = np.array([key[0] for key in groups], dtype=float)
     boot = refit_bootstrap(batch, list(groups.values()), int(n_boot), seed, ci)
     return replace(cbs, b_crit_fit_lower=boot.lower, b_crit_fit_upper=boot.upper,
                    interval="trial bootstrap", bootstrap=boot)
+
+
+def residual_refits(batch: np.ndarray, steps: np.ndarray, n_boot: int, seed: int,
+                    ci: float) -> RefitBootstrap:
+    """The studentized residual bootstrap of B_crit fitted to the frontier (``batch``,
+    ``steps``, all > 0; ``residual_bootstrap.studentized``) as a ``RefitBootstrap``."""
+    lo, hi = math.log(batch.min() / _BOUND), math.log(batch.max() * _BOUND)
+    samples, lower, upper = studentized(batch, np.log(steps), n_boot,
+                                        np.random.default_rng(seed), ci, lo, hi)
+    shares = (float(np.mean(samples == np.inf)), float(np.mean(samples == 0)), 0.0)
+    reason = _bootstrap_reason(*shares, lower, upper)
+    return RefitBootstrap(samples, n_boot, seed, len(np.unique(samples)), lower, upper,
+                          *shares, reason and reason.replace("trial bootstrap", "residual "
+                                                             "bootstrap-t", 1))
 
 
 def _uneven_note(reason: str | None, counts: pd.Series) -> str | None:
