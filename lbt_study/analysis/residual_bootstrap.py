@@ -4,7 +4,8 @@ The model on log steps is y_B = a + log(1 + exp(c) / B) with c = ln B_crit. For 
 the intercept a is the mean of y - log(1 + exp(c) / B), so the least-squares c minimises a
 function of c alone (the profile residual sum of squares); ``profile_fits`` finds it for many
 rows of y together, on a grid over the fit's range and then a finer grid about the best
-point (0.001 in c: 0.1% in B_crit). Its standard error is that of the linearised fit:
+point (0.001 in c), the minimum then taken on the parabola through the best three. Its
+standard error is that of the linearised fit:
 s / sqrt(sum (g_B - mean g)^2), g_B = B_crit / (B + B_crit) the derivative of y_B in c,
 s^2 = RSS / (n - 2).
 
@@ -54,9 +55,14 @@ def profile_fits(batch: np.ndarray, y: np.ndarray, lo: float,
     steps = np.arange(-GRID, GRID + FINE / 2, FINE)
     fine = np.clip(coarse[:, None] + steps[None, :], lo, hi)
     fine_rss = _profile_rss(batch, y, fine)
-    best = np.argmin(fine_rss, axis=1)
+    best = np.clip(np.argmin(fine_rss, axis=1), 1, steps.size - 2)
     rows = np.arange(len(y))
-    return fine[rows, best], np.maximum(fine_rss[rows, best], 0.0)
+    left, mid, right = (fine_rss[rows, best + k] for k in (-1, 0, 1))
+    curve = left - 2 * mid + right
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(curve > 0, 0.5 * (left - right) / curve, 0.0)
+    c = np.clip(fine[rows, best] + np.clip(shift, -1, 1) * FINE, lo, hi)
+    return c, np.maximum(_profile_rss(batch, y, c[:, None])[:, 0], 0.0)
 
 
 def standard_error(batch: np.ndarray, c: np.ndarray, rss: np.ndarray) -> np.ndarray:
@@ -80,8 +86,9 @@ def studentized(batch: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Ge
     """(the resamples' B_crit, lower, upper): the ``ci`` bootstrap-t interval of B_crit fitted
     to ``y`` (log steps) at ``batch`` (the fit by ``profile_fits`` too, so that an exact
     frontier's resamples return its c exactly). A resample whose fit runs to the top (bottom)
-    of [lo, hi] has B_crit inf (0) and t* = +inf (-inf); that end is unbounded when their
-    share passes (1 - ci) / 2."""
+    of [lo, hi] has B_crit inf (0) and no finite t*; it is counted as t* = -inf (+inf), so
+    that when their share passes (1 - ci) / 2 the end they point to, upper (lower), is
+    unbounded, as in the percentile interval of the trial bootstrap."""
     fit_c, fit_rss = profile_fits(batch, y[None, :], lo, hi)
     c, se = float(fit_c[0]), float(standard_error(batch, fit_c, fit_rss)[0])
     f = np.log1p(math.exp(c) / batch)
@@ -95,7 +102,7 @@ def studentized(batch: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Ge
                           np.sign(c_star - c) * np.inf)
     t_star = np.nan_to_num(t_star, nan=0.0)  # se* = 0 and c* = c: an exact resample
     above, below = c_star > hi - EDGE, c_star < lo + EDGE
-    t_star[above], t_star[below] = np.inf, -np.inf
+    t_star[above], t_star[below] = -np.inf, np.inf  # the end each points to is unbounded
     samples = np.exp(c_star)
     samples[above], samples[below] = math.inf, 0.0
     tail = (1 - ci) / 2

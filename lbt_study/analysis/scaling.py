@@ -373,7 +373,7 @@ def residual_refits(batch: np.ndarray, steps: np.ndarray, n_boot: int, seed: int
                                         np.random.default_rng(seed), ci, lo, hi)
     shares = (float(np.mean(samples == np.inf)), float(np.mean(samples == 0)), 0.0)
     reason = _bootstrap_reason(*shares, lower, upper)
-    return RefitBootstrap(samples, n_boot, seed, len(np.unique(samples)), lower, upper,
+    return RefitBootstrap(samples, n_boot, seed, n_boot, lower, upper,
                           *shares, reason and reason.replace("trial bootstrap", "residual "
                                                              "bootstrap-t", 1))
 
