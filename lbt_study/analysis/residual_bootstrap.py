@@ -4,7 +4,7 @@ The model on log steps is y_B = a + log(1 + exp(c) / B) with c = ln B_crit. For 
 the intercept a is the mean of y - log(1 + exp(c) / B), so the least-squares c minimises a
 function of c alone (the profile residual sum of squares); ``profile_fits`` finds it for many
 rows of y together, on a grid over the fit's range and then a finer grid about the best
-point (0.001 in c), the minimum then taken on the parabola through the best three. Its
+point (0.004 in c), the minimum then taken on the parabola through the best three. Its
 standard error is that of the linearised fit:
 s / sqrt(sum (g_B - mean g)^2), g_B = B_crit / (B + B_crit) the derivative of y_B in c,
 s^2 = RSS / (n - 2).
@@ -29,8 +29,8 @@ import math
 
 import numpy as np
 
-GRID = 0.05  # the coarse grid's step in c = ln B_crit
-FINE = 0.001  # the fine grid's step about the coarse minimum
+GRID = 0.1  # the coarse grid's step in c = ln B_crit
+FINE = 0.004  # the fine grid's step about the coarse minimum
 EDGE = 1.0  # a fit within this of an end of its range has run to that end (as curve_fit's)
 
 
@@ -50,19 +50,28 @@ def profile_fits(batch: np.ndarray, y: np.ndarray, lo: float,
     f = np.log1p(np.exp(grid)[:, None] / batch)
     f = f - f.mean(1, keepdims=True)
     yc = y - y.mean(1, keepdims=True)
-    rss = (yc ** 2).sum(1)[:, None] - 2 * yc @ f.T + (f ** 2).sum(1)[None, :]
+    rss = (yc ** 2).sum(1)[:, None] - 2 * np.einsum("ij,kj->ik", yc, f) + (f ** 2).sum(1)
     coarse = grid[np.argmin(rss, axis=1)]
     steps = np.arange(-GRID, GRID + FINE / 2, FINE)
     fine = np.clip(coarse[:, None] + steps[None, :], lo, hi)
     fine_rss = _profile_rss(batch, y, fine)
     best = np.clip(np.argmin(fine_rss, axis=1), 1, steps.size - 2)
     rows = np.arange(len(y))
-    left, mid, right = (fine_rss[rows, best + k] for k in (-1, 0, 1))
+    c = _parabola_step(*(fine_rss[rows, best + k] for k in (-1, 0, 1)), fine[rows, best], FINE)
+    h = FINE / 16  # once more on a closer parabola: c to about 1e-8
+    close = _profile_rss(batch, y, np.clip(c[:, None] + np.array([-h, 0.0, h]), lo, hi))
+    c = np.clip(_parabola_step(close[:, 0], close[:, 1], close[:, 2], c, h), lo, hi)
+    return c, np.maximum(_profile_rss(batch, y, c[:, None])[:, 0], 0.0)
+
+
+def _parabola_step(left: np.ndarray, mid: np.ndarray, right: np.ndarray, at: np.ndarray,
+                   h: float) -> np.ndarray:
+    """The vertex of the parabola through (at - h, left), (at, mid), (at + h, right), kept
+    within h of ``at`` (``at`` itself where the three are not convex)."""
     curve = left - 2 * mid + right
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = np.where(curve > 0, 0.5 * (left - right) / curve, 0.0)
-    c = np.clip(fine[rows, best] + np.clip(shift, -1, 1) * FINE, lo, hi)
-    return c, np.maximum(_profile_rss(batch, y, c[:, None])[:, 0], 0.0)
+    return at + np.clip(shift, -1, 1) * h
 
 
 def standard_error(batch: np.ndarray, c: np.ndarray, rss: np.ndarray) -> np.ndarray:
