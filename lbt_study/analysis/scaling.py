@@ -322,11 +322,10 @@ def critical_batch_size_bootstrap(
       infinitely slow), minima retaken, refitted; the ``ci`` percentile interval (planted
       independent trials: 0.92 for a nominal 0.95).
 
-    Either way a refit that runs to the top (bottom) of its range points to an unbounded upper
-    (lower) end; when such refits exceed (1 - ci) / 2 that end is unbounded and the reason
-    says so. Under 3 frontier points: the result of ``critical_batch_size`` (NaN interval,
-    ``bootstrap`` None). Very different numbers of trials per batch size bias the point
-    beyond either interval (a minimum over more trials is lower): ``_uneven_note``.
+    Either way a refit running to the top (bottom) of its range, when such refits exceed
+    (1 - ci) / 2, makes the upper (lower) end unbounded (the reason says so). Under 3 points:
+    ``critical_batch_size``'s result (NaN interval, ``bootstrap`` None). Very different
+    numbers of trials per batch size bias the point beyond either interval: ``_uneven_note``.
     """
     check_positive(n_boot, "n_boot")
     if resample not in RESAMPLES:
