@@ -370,6 +370,24 @@ def test_the_driver_records_a_round_and_stops_on_its_interval_without_running_mo
     assert not ray.is_initialized()  # nothing was left to run: Ray was never started
 
 
+def test_the_driver_plans_a_balanced_round_when_the_interval_is_wide(tmp_path):
+    from lbt_study.study.rounds import _decide, _next_round, _Run
+
+    rule = StopWhen(b_crit_rel_width=0.5, max_trials=40, min_trials=3, round_trials=3)
+    study = _study(batch_sizes=B, trials=3, stop_when=rule)
+    _planted_run_dir(tmp_path, study, scattered(0.2))  # frontier 20% off the curve
+    run = _Run(study, rule, tmp_path, "maximize", {"storage": None}, lambda _: None)
+    rounds = [{"round": 0, "added": {str(b): 3 for b in B}}]
+    _decide(run, rounds)
+    # looks at 21, 24, ..., 39, 40 trials: 8, each at 1 - 0.05 / 8
+    assert rounds[0]["level"] == pytest.approx(1 - 0.05 / 8)
+    assert rounds[0]["decision"] == "continue" and rounds[0]["rel_width"] > 0.5
+    nxt = _next_round(run, rounds)
+    # balanced: every batch size has 3; ties go nearest the estimate (about 60): 64, 32, 128
+    assert nxt["added"] == {**{str(b): 0 for b in B}, "64": 1, "32": 1, "128": 1}
+    assert nxt["influence"] == {}  # the influence is computed only for allocation="influence"
+
+
 # ---------------------------------------------------------------------- a real study
 
 TINY_SPEC = '''
