@@ -51,8 +51,9 @@ def test_the_arrays_give_the_interval_the_table_gives(resample):
 
 @pytest.mark.parametrize("plant", [DEFAULT, INDEPENDENT], ids=["shared", "independent"])
 def test_the_default_interval_covers_the_planted_b_crit_at_its_level(plant):
-    """500 planted sweeps, 400 resamples each (about 7 s). Measured: shared 0.952,
-    independent 0.944 (the trial bootstrap of before: 0.96 and 0.92)."""
+    """500 planted sweeps, 400 resamples each (about 4 s). Measured: shared 0.952,
+    independent 0.938. The trial bootstrap of before (too slow to run here: about 1 s a sweep)
+    measured 0.967 (150 sweeps) and 0.925 (400 sweeps): the latter fails this test."""
     got = fixed_coverage(plant, 500, n_boot=400)
     print(got)
     assert 0.93 <= got["coverage"] <= 0.975  # calibrated: neither too narrow nor too wide
@@ -69,7 +70,8 @@ def test_a_tuning_penalty_that_grows_with_b_is_a_bias_no_interval_covers():
 
 def test_the_adaptive_study_stops_with_an_interval_that_covers():
     """The default rule (Bonferroni over 5 looks: 99% intervals; balanced allocation) on
-    150 planted adaptive studies, 400 resamples a look (about 15 s)."""
+    150 planted adaptive studies, 400 resamples a look (about 6 s). Measured: 1.0, 23% of
+    them stopped by the width rule, 45 trials on average."""
     got = adaptive_coverage(DEFAULT, AdaptiveRule(), 150, n_boot=400)
     print(got)
     assert got["coverage"] >= 0.93
@@ -87,7 +89,8 @@ def test_a_simulated_adaptive_study_follows_the_rule():
 
 @pytest.mark.slow
 def test_the_adaptive_coverage_over_400_studies():
-    """400 planted adaptive studies at the report's 1,000 resamples (about 70 s)."""
+    """400 planted adaptive studies at the report's 1,000 resamples (about 40 s). Measured:
+    0.99 (0.96 among the 18% the width rule stopped), 46 trials on average."""
     got = adaptive_coverage(DEFAULT, AdaptiveRule(), 400)
     print(got)
     assert got["coverage"] >= 0.93
@@ -95,7 +98,8 @@ def test_the_adaptive_coverage_over_400_studies():
 
 @pytest.mark.slow
 def test_the_default_interval_over_2000_sweeps():
-    """2,000 planted sweeps of the default design at 1,000 resamples (about 40 s)."""
+    """2,000 planted sweeps of the default design at 1,000 resamples (about 30 s).
+    Measured: 0.9435 (misses 0.026 below, 0.031 above)."""
     got = fixed_coverage(DEFAULT, 2000)
     print(got)
     assert 0.935 <= got["coverage"] <= 0.965
