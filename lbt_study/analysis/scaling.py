@@ -12,8 +12,10 @@ Input is a frontier, one row per batch size with its steps to target (as
   batch size is where steps exceed perfect linear scaling from the smallest batch by 20%
   (``critical_batch_size``, read off the measured points).
 
-``critical_batch_size_bootstrap`` starts from the trials instead and gives B_crit an interval
-from the trials themselves: resampled within each batch size, frontier retaken, curve refitted.
+``critical_batch_size_bootstrap`` starts from the trials instead and gives B_crit a bootstrap
+interval: by default the frontier's residuals about the fitted curve resampled and the
+bootstrap-t interval taken (``residual_bootstrap``); with ``resample="trials"`` the trials
+resampled within each batch size, frontier retaken, curve refitted (percentile interval).
 """
 
 from __future__ import annotations
