@@ -4,11 +4,13 @@ The same workload, model, search space and settings as ``digits.py`` (a small CN
 BatchNorm of 16, SGD with momentum, cosine over 8 epochs, base_lr around the square-root rule
 and warmup searched quasi-randomly per batch size, target 0.95), but instead of 5 trials at
 every batch size up front: round 0 gives every batch size 3 trials, then every round adds 7
-trials where they narrow the bootstrap interval of the critical batch size most (holding that
-batch size's frontier point exact shrinks the interval most; no batch size gets more than
-twice the trials of the least-tried one), until the interval's (hi - lo) / B_crit <= 1.0 (the
-full sweep's last run: 59 [40.7, 100.8], 1.02) or 49 trials (7 per batch size) are spent. ASHA
-(rungs at 2, 6 and 18 epochs of examples; the last past the 8-epoch budget, so two rungs
+trials, one to each batch size (allocation "balanced", the default: equal counts keep every
+frontier point a minimum over as many trials), until the interval's (hi - lo) / B_crit <= 1.0
+at level 99% (adjust "bonferroni", the default: 95% over the 5 looks at 21, 28, 35, 42 and
+49 trials, so the interval it stops with is a 95% one whichever look stops it) or 49 trials
+(7 per batch size) are spent. The full sweep's 95% interval was 59 [40.7, 100.8], width 1.02;
+at 99% the rule will often run to the budget. ASHA (rungs at 2, 6 and 18 epochs of examples;
+the last past the 8-epoch budget, so two rungs
 count) stops poor trials early within each round's search at a batch size.
 
     lbt-study run search_spaces/digits_adaptive.py --run-dir /tmp/adaptive_digits

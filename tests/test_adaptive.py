@@ -15,6 +15,8 @@ from lbt_study.analysis.adaptive import (
     allocate,
     interval_influence,
     interval_state,
+    look_level,
+    looks_of,
     rel_width,
     rounds_table,
     stop_decision,
@@ -61,14 +63,37 @@ def test_rel_width_is_the_interval_over_the_estimate():
     assert math.isnan(rel_width(math.nan, 40.0, 90.0))
 
 
+def scattered(amplitude: float) -> dict[int, list[float]]:
+    """Frontier points alternately 1 + amplitude and 1 - amplitude times S(B), each batch
+    size's other two trials 5% and 10% slower than its best."""
+    return {b: [f, f * 1.05, f * 1.1]
+            for b, f in zip(B, [1 + amplitude * (-1) ** i for i in range(len(B))], strict=True)}
+
+
+def test_the_residual_interval_reads_the_frontiers_scatter_about_the_curve():
+    # the default interval (residual bootstrap-t) comes from the frontier points' residuals:
+    # an exact frontier has none, whatever its other trials; 4x the scatter, ~4x the width
+    exact = interval_state(planted(scattered(0.0)), "maximize")
+    assert exact["b_crit"] == pytest.approx(B_CRIT, rel=1e-6) and exact["level"] == 0.95
+    assert exact["rel_width"] < 1e-5
+    small = interval_state(planted(scattered(0.02)), "maximize")
+    large = interval_state(planted(scattered(0.08)), "maximize")
+    assert small["lower"] < B_CRIT < small["upper"] and large["lower"] < B_CRIT < large["upper"]
+    assert large["rel_width"] / small["rel_width"] == pytest.approx(4.0, rel=0.15)
+    # a wider level gives a wider interval from the same resamples
+    wider = interval_state(planted(scattered(0.02)), "maximize", ci=0.99)
+    assert wider["lower"] < small["lower"] and wider["upper"] > small["upper"]
+
+
 def test_a_planted_frontier_with_exact_points_has_a_narrow_interval_and_stops():
     trials = planted({b: [1.0, 1.05, 1.1] for b in B})  # every trial within 10% of S(B)
-    state = interval_state(trials, "maximize")
+    state = interval_state(trials, "maximize", resample="trials")
     assert state["b_crit"] == pytest.approx(B_CRIT, rel=1e-6)
     assert state["lower"] < B_CRIT < state["upper"]
     assert state["rel_width"] == pytest.approx(0.149, abs=0.01)
     # spread over 50% instead of 10%: the same point, an interval 4 times as wide
-    wide = interval_state(planted({b: [1.0, 1.2, 1.5] for b in B}), "maximize")
+    wide = interval_state(planted({b: [1.0, 1.2, 1.5] for b in B}), "maximize",
+                          resample="trials")
     assert wide["b_crit"] == pytest.approx(B_CRIT, rel=1e-6)
     assert wide["rel_width"] == pytest.approx(0.624, abs=0.01)
     decision, reason = stop_decision(state, trial_counts(trials, B), **RULE)
@@ -79,7 +104,7 @@ def test_a_noisy_frontier_continues_and_says_how_wide():
     quality = {b: [1.0, 1.0, 1.0] for b in B}
     quality[16], quality[512] = [2.5, 1.0, 3.0], [1.0, 2.0, 2.2]
     trials = planted(quality)
-    state = interval_state(trials, "maximize")
+    state = interval_state(trials, "maximize", resample="trials")
     assert state["rel_width"] > 0.5
     decision, reason = stop_decision(state, trial_counts(trials, B), **RULE)
     assert decision == "continue" and "> 0.5" in reason
@@ -172,6 +197,43 @@ def test_allocation_fills_batch_sizes_below_min_trials_first():
 def test_allocation_without_influence_balances():
     added = allocate(dict.fromkeys(B, 3), {}, 7, min_trials=3, max_ratio=2.0, b_crit=100.0)
     assert added == dict.fromkeys(B, 1)
+
+
+def test_balanced_allocation_ignores_influence_and_breaks_ties_nearest_b_crit():
+    # least-tried first; among equals nearest B_crit = 60 in log2 B: 64 (0.09 doublings),
+    # 32 (0.91), 128 (1.09); the influence on 1024 is not read
+    added = allocate(dict.fromkeys(B, 3), {1024: 5.0}, 3, min_trials=3, max_ratio=2.0,
+                     b_crit=60.0, rule="balanced")
+    assert added == {**dict.fromkeys(B, 0), 64: 1, 32: 1, 128: 1}
+    added = allocate({**dict.fromkeys(B, 3), 64: 4}, {}, 2, min_trials=3, max_ratio=2.0,
+                     b_crit=60.0, rule="balanced")
+    assert added == {**dict.fromkeys(B, 0), 32: 1, 128: 1}
+
+
+def test_nearest_allocation_fills_the_batch_size_nearest_b_crit_up_to_the_cap():
+    # 64 may reach 2 x 3 = 6 trials, then 32 (0.91 doublings from 60) takes the rest
+    added = allocate(dict.fromkeys(B, 3), {}, 5, min_trials=3, max_ratio=2.0, b_crit=60.0,
+                     rule="nearest")
+    assert added == {**dict.fromkeys(B, 0), 64: 3, 32: 2}
+
+
+def test_allocation_rejects_an_unknown_rule():
+    with pytest.raises(ValueError, match=r"allocation must be one of \['balanced', "
+                                         r"'nearest', 'influence'\], got 'random'"):
+        allocate(dict.fromkeys(B, 3), {}, 1, min_trials=3, max_ratio=2.0, rule="random")
+
+
+# ---------------------------------------------------------------------- the level per look
+
+def test_looks_and_the_bonferroni_level():
+    # digits_adaptive: round 0 = 3 x 7 = 21 trials, 7 a round, 49 at most: 21, 28, 35, 42, 49
+    assert looks_of(21, 7, 49) == 5
+    assert look_level(0.95, 5, "bonferroni") == pytest.approx(0.99)
+    assert look_level(0.95, 5, "none") == 0.95
+    assert looks_of(21, 7, 50) == 6  # a last, smaller round is a look too
+    assert looks_of(21, 7, 21) == 1 and look_level(0.95, 1, "bonferroni") == 0.95
+    with pytest.raises(ValueError, match=r"adjust must be one of \['bonferroni', 'none'\]"):
+        look_level(0.95, 5, "holm")
 
 
 # ---------------------------------------------------------------------- spec and report
@@ -283,7 +345,7 @@ def test_the_driver_records_a_round_and_stops_on_its_interval_without_running_mo
 
     study = _study(batch_sizes=B, trials=3,
                    stop_when=StopWhen(b_crit_rel_width=0.5, max_trials=40, min_trials=3))
-    _planted_run_dir(tmp_path, study, {b: [1.0, 1.05, 1.1] for b in B})
+    _planted_run_dir(tmp_path, study, scattered(0.02))
     meta = StudyRecord.raw(tmp_path)
     meta["adaptive_rounds"] = [{"round": 0, "added": {str(b): 3 for b in B}}]
     (tmp_path / "study.json").write_text(json.dumps(meta))  # round 0 ran; not yet decided
@@ -291,15 +353,39 @@ def test_the_driver_records_a_round_and_stops_on_its_interval_without_running_mo
     table = run_adaptive(study, tmp_path, "maximize", target=0.9, progress=lines.append,
                          fresh=False)
     assert table[["round", "trials_total", "decision"]].values.tolist() == [[0, 21, "stop"]]
-    assert table.loc[0, "rel_width"] == pytest.approx(0.149, abs=0.01)
+    # 4 looks at most (21, 28, 35, 40 trials): each at 1 - 0.05 / 4 = 0.9875, Bonferroni
+    expected = interval_state(planted(scattered(0.02)), "maximize", ci=0.9875)
+    assert table.loc[0, "level"] == pytest.approx(0.9875)
+    assert table.loc[0, "rel_width"] == pytest.approx(expected["rel_width"], rel=1e-9)
+    assert 0.1 < expected["rel_width"] < 0.5
     recorded = StudyRecord.raw(tmp_path)
     assert recorded["adaptive_rounds"][0]["decision"] == "stop"
     assert recorded["stop_when"]["b_crit_rel_width"] == 0.5
     assert pd.read_csv(tmp_path / "adaptive_rounds.csv")["decision"].tolist() == ["stop"]
-    assert "adaptive round 0: 21 trials" in lines[-1] and "-> stop: B_crit 60" in lines[-1]
+    assert "adaptive round 0: 21 trials" in lines[-1] and "-> stop: B_crit 6" in lines[-1]
+    assert "(0.9875 interval)" in lines[-1]
+    assert "at level 0.9875 (bonferroni)" in lines[0] and "(balanced)" in lines[0]
     import ray
 
     assert not ray.is_initialized()  # nothing was left to run: Ray was never started
+
+
+def test_the_driver_plans_a_balanced_round_when_the_interval_is_wide(tmp_path):
+    from lbt_study.study.rounds import _decide, _next_round, _Run
+
+    rule = StopWhen(b_crit_rel_width=0.5, max_trials=40, min_trials=3, round_trials=3)
+    study = _study(batch_sizes=B, trials=3, stop_when=rule)
+    _planted_run_dir(tmp_path, study, scattered(0.2))  # frontier 20% off the curve
+    run = _Run(study, rule, tmp_path, "maximize", {"storage": None}, lambda _: None)
+    rounds = [{"round": 0, "added": {str(b): 3 for b in B}}]
+    _decide(run, rounds)
+    # looks at 21, 24, ..., 39, 40 trials: 8, each at 1 - 0.05 / 8
+    assert rounds[0]["level"] == pytest.approx(1 - 0.05 / 8)
+    assert rounds[0]["decision"] == "continue" and rounds[0]["rel_width"] > 0.5
+    nxt = _next_round(run, rounds)
+    # balanced: every batch size has 3; ties go nearest the estimate (about 60): 64, 32, 128
+    assert nxt["added"] == {**{str(b): 0 for b in B}, "64": 1, "32": 1, "128": 1}
+    assert nxt["influence"] == {}  # the influence is computed only for allocation="influence"
 
 
 # ---------------------------------------------------------------------- a real study

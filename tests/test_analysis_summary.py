@@ -192,7 +192,7 @@ def test_bootstrap_and_status_settings_reach_the_analyses_and_the_words():
     a = analyze(trials, HISTORY, STUDY, settings=s)
     text = words(a)
     assert "the 90% interval of the minimum when the batch size's trials are resampled" in text
-    assert "resampled with replacement 50 times (seed 7)" in text
+    assert "a studentized residual bootstrap (50 resamples, seed 7)" in text
     cbs = a.results.critical.value.cbs
     assert (cbs.bootstrap.n_boot, cbs.bootstrap.seed, cbs.ci) == (50, 7, 0.9)
     assert "of the fastest trial with status ok per (batch size, workers)" in text
@@ -221,15 +221,15 @@ def test_analyze_says_why_instead_of_raising():
     assert "the study has no target" in no_target.results.steps.reason
 
 
-def test_critical_table_has_the_trial_bootstrap_the_covariance_row_and_ratios():
+def test_critical_table_has_the_bootstrap_the_covariance_row_and_ratios():
     a = analyze(TRIALS, HISTORY, STUDY)
     table = critical_table(a).set_index("method")
     assert list(table.index) == ["mccandlish_fit", "mccandlish_fit_cov", "zhang_20pct",
                                  "gns_simple"]
     assert table.loc["mccandlish_fit", "b_crit"] == pytest.approx(128)
-    # one trial per batch size: every resample is the table itself, the interval collapses
+    # the frontier lies on the curve: no residual to resample, the interval collapses
     assert table.loc["mccandlish_fit", ["lower", "upper"]].tolist() == pytest.approx([128, 128])
-    assert "1000 trial-level bootstrap resamples" in table.loc["mccandlish_fit", "how"]
+    assert "1000 residual bootstrap resamples" in table.loc["mccandlish_fit", "how"]
     assert "covariance" in table.loc["mccandlish_fit_cov", "how"]
     assert table.loc["mccandlish_fit_cov", "s_min"] == pytest.approx(100)
     assert math.isnan(table.loc["zhang_20pct", "s_min"])
@@ -240,7 +240,7 @@ def test_critical_table_has_the_trial_bootstrap_the_covariance_row_and_ratios():
     assert math.isnan(table.loc["mccandlish_fit", "ratio_to_b_crit"])
     text = words(a)
     assert "B_simple / B_crit = 1.17 (B_simple 150, B_crit 128)" in text
-    assert "resampled with replacement 1000 times (seed 0)" in text
+    assert "a studentized residual bootstrap (1000 resamples, seed 0)" in text
 
 
 def test_zhang_flag_when_the_smallest_batch_size_dominates_and_not_otherwise():

@@ -46,6 +46,8 @@ from lbt_study.analysis.scaling import _refit, critical_batch_size_bootstrap
 
 NOT_ADAPTIVE = ("not an adaptive study (no Study(stop_when=...)): every batch size got its "
                 "trials up front")
+ADJUSTS = ("bonferroni", "none")  # StopWhen.adjust: the level of the interval at each look
+ALLOCATIONS = ("balanced", "nearest", "influence")  # StopWhen.allocation
 CLIP = 4.0  # the influence's spread clips B_crit to [B_min / CLIP, B_max * CLIP]
 METRIC = "steps_to_target"
 
@@ -57,19 +59,36 @@ def rel_width(estimate: float, lower: float, upper: float) -> float:
     return (upper - lower) / estimate
 
 
+def looks_of(first: int, round_trials: int, max_trials: int) -> int:
+    """How many times an adaptive study can look at its interval: after round 0 (``first``
+    trials) and after each round of ``round_trials`` until ``max_trials`` are spent."""
+    return 1 + max(0, math.ceil((max_trials - first) / round_trials))
+
+
+def look_level(ci: float, looks: int, adjust: str) -> float:
+    """The level of the interval at each look: ``ci`` itself for ``adjust="none"``; for
+    "bonferroni" 1 - (1 - ci) / looks, so that the interval the study stops with, whichever
+    look that is, misses with probability at most 1 - ci (the union bound over the looks)."""
+    if adjust not in ADJUSTS:
+        raise ValueError(f"adjust must be one of {list(ADJUSTS)}, got {adjust!r}")
+    return ci if adjust == "none" else 1 - (1 - ci) / looks
+
+
 def interval_state(trials: pd.DataFrame, direction: str, *, lr: bool = False,
                    n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
                    statuses: Sequence[str] | None = ("ok",),
-                   lr_statuses: Sequence[str] | None = ("ok",)) -> dict[str, Any]:
+                   lr_statuses: Sequence[str] | None = ("ok",),
+                   resample: str = "residuals") -> dict[str, Any]:
     """B_crit, its interval and relative width (``critical_batch_size_bootstrap`` over the
     trials with ``statuses``); with ``lr`` the LR exponent and its interval width
     (``lr_scaling`` over ``lr_statuses``). NaN values carry a ``reason``."""
     out: dict[str, Any] = dict.fromkeys(("b_crit", "lower", "upper", "rel_width",
                                          "lr_exponent", "lr_width"), math.nan)
+    out["level"] = ci
     reasons = []
     try:
         cbs = critical_batch_size_bootstrap(trials, direction, n_boot=n_boot, seed=seed,
-                                            ci=ci, statuses=statuses)
+                                            ci=ci, statuses=statuses, resample=resample)
         out.update(b_crit=cbs.b_crit_fit, lower=cbs.b_crit_fit_lower,
                    upper=cbs.b_crit_fit_upper)
         if cbs.fit_reason and not math.isfinite(cbs.b_crit_fit):
@@ -116,8 +135,9 @@ def stop_decision(state: Mapping[str, Any], counts: Mapping[int, int], *,
 
 
 def _shown(state: Mapping[str, Any]) -> str:
+    level = f" ({state['level']:.4g} interval)" if "level" in state else ""
     return (f"B_crit {_num(state['b_crit'])} [{_num(state['lower'])}, "
-            f"{_num(state['upper'])}], relative width {_num(state['rel_width'])}")
+            f"{_num(state['upper'])}]{level}, relative width {_num(state['rel_width'])}")
 
 
 def _missing(state: Mapping[str, Any], counts: Mapping[int, int], b_crit_rel_width: float,
@@ -184,9 +204,13 @@ def _spread(batch: np.ndarray, minima: np.ndarray, ci: float) -> float:
 
 
 def allocate(counts: Mapping[int, int], influence: Mapping[int, float], n_new: int, *,
-             min_trials: int, max_ratio: float, b_crit: float = math.nan) -> dict[int, int]:
+             min_trials: int, max_ratio: float, b_crit: float = math.nan,
+             rule: str = "influence") -> dict[int, int]:
     """The next round's ``n_new`` trials per batch size (every key of ``counts``), one at a
-    time by the rule of the module docstring; ``influence`` missing for a B counts 0."""
+    time by ``rule`` (``ALLOCATIONS``, module docstring); ``influence`` (used by "influence"
+    only) missing for a B counts 0."""
+    if rule not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}, got {rule!r}")
     start = {int(b): int(n) for b, n in counts.items()}
     now = dict(start)
     for _ in range(n_new):
@@ -195,17 +219,20 @@ def allocate(counts: Mapping[int, int], influence: Mapping[int, float], n_new: i
         allowed = below or [b for b in now if now[b] + 1 <= max_ratio * fewest
                             or now[b] == fewest]
         best = max(allowed, key=lambda b: _priority(b, now[b], start[b], influence, b_crit,
-                                                    rank_influence=not below))
+                                                    rule if not below else "balanced"))
         now[best] += 1
     return {b: now[b] - start[b] for b in now}
 
 
 def _priority(b: int, n: int, n0: int, influence: Mapping[int, float], b_crit: float,
-              rank_influence: bool) -> tuple[float, ...]:
-    """The greedy step's sort key (largest first): marginal gain, then fewest trials, then
-    nearest to B_crit (in log2 B), then the smaller B."""
-    gain = influence.get(b, 0.0) * n0 / (n * (n + 1)) if rank_influence and n > 0 else 0.0
+              rule: str) -> tuple[float, ...]:
+    """The greedy step's sort key (largest first). "influence": marginal gain, then fewest
+    trials, then nearest to B_crit (in log2 B), then the smaller B; "balanced": fewest
+    trials, then nearest; "nearest": nearest, then fewest."""
     distance = abs(math.log2(b / b_crit)) if math.isfinite(b_crit) and b_crit > 0 else 0.0
+    if rule == "nearest":
+        return (-round(distance, 12), -n, -b)
+    gain = influence.get(b, 0.0) * n0 / (n * (n + 1)) if rule == "influence" and n > 0 else 0.0
     return (round(gain, 12), -n, -distance, -b)
 
 
@@ -216,7 +243,8 @@ def added_text(added: Mapping[Any, int]) -> str:
 
 
 ROUND_COLUMNS = ("round", "trials_added", "added", "influence", "trials_total", "b_crit",
-                 "lower", "upper", "rel_width", "lr_exponent", "lr_width", "decision", "reason")
+                 "lower", "upper", "level", "rel_width", "lr_exponent", "lr_width", "decision",
+                 "reason")
 
 
 def rounds_table(rounds: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -232,7 +260,8 @@ def rounds_table(rounds: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                      "trials_added": sum(added.values()), "added": added_text(added),
                      "influence": influence or None})
     frame = pd.DataFrame(rows, columns=list(ROUND_COLUMNS))
-    for column in ("b_crit", "lower", "upper", "rel_width", "lr_exponent", "lr_width"):
+    for column in ("b_crit", "lower", "upper", "level", "rel_width", "lr_exponent",
+                   "lr_width"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame
 

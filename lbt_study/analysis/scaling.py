@@ -12,8 +12,10 @@ Input is a frontier, one row per batch size with its steps to target (as
   batch size is where steps exceed perfect linear scaling from the smallest batch by 20%
   (``critical_batch_size``, read off the measured points).
 
-``critical_batch_size_bootstrap`` starts from the trials instead and gives B_crit an interval
-from the trials themselves: resampled within each batch size, frontier retaken, curve refitted.
+``critical_batch_size_bootstrap`` starts from the trials instead and gives B_crit a bootstrap
+interval: by default the frontier's residuals about the fitted curve resampled and the
+bootstrap-t interval taken (``residual_bootstrap``); with ``resample="trials"`` the trials
+resampled within each batch size, frontier retaken, curve refitted (percentile interval).
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ from lbt_study.analysis.frontier import (
     steps_to_target_frontier,
     trial_groups,
 )
+from lbt_study.analysis.residual_bootstrap import studentized
 
 REGIMES = ("perfect scaling", "diminishing returns", "maximal data parallelism")
 _BOUND = 1e4  # the fit looks for B_crit within [B_min / _BOUND, B_max * _BOUND]
 B0_DOMINATES = 0.5  # Zhang's estimate is flagged when (1 + excess) B0 is more than this of it
+RESAMPLES = ("residuals", "trials")  # critical_batch_size_bootstrap's resample=
 UNEVEN = 0.2  # the fit is flagged when 1 / n_min - 1 / n_max exceeds this (n: trials per B)
 
 
@@ -303,38 +307,32 @@ def critical_batch_size_bootstrap(
     statuses: Sequence[str] | None = ("ok",),
     objective: str = "final_objective",
     frontier: pd.DataFrame | None = None,
+    resample: str = "residuals",
 ) -> CriticalBatchSize:
-    """``critical_batch_size`` of the trials' frontier, with a trial-level bootstrap interval.
+    """``critical_batch_size`` of the trials' frontier, with a bootstrap interval of B_crit.
 
     The point estimates are those of ``critical_batch_size`` on ``steps_to_target_frontier``
     (``metric``, one row per ``batch_col``; ``frontier``: that frontier, already computed with
-    these arguments). The interval of B_crit: ``n_boot`` times, the trials with status in
-    ``statuses`` are resampled with replacement within each batch size (stratified: each batch
-    size keeps its number of trials; a trial that never reached the target counts as infinitely
-    slow, so a resample can lose a batch size's point), each batch size's minimum is retaken and
-    the McCandlish curve refitted (``curve_fit``, as for the point) to the batch sizes that kept
-    a point. The ``ci`` percentile interval of the refits is ``b_crit_fit_lower`` ..
-    ``b_crit_fit_upper`` (``interval`` "trial bootstrap"), so it carries how noisy each frontier
-    point is, which the covariance interval (kept as ``b_crit_cov_*``) does not. A refit that
-    runs to the edge of its range counts as B_crit inf (above) or 0 (below); one without an
-    answer widens both ends (``RefitBootstrap``); when their share exceeds (1 - ci) / 2 that end
-    is unbounded and the reason says so. With under 3 frontier points there is no fit to redo:
-    the result is that of ``critical_batch_size`` (NaN interval, ``bootstrap`` None).
+    these arguments). The interval, by ``resample`` (``RESAMPLES``):
 
-    What it covers: on planted curves with 5 trials per batch size the 95% interval held B_crit
-    in 90-98% of 50 studies (tests/test_analysis_bootstrap.py). A minimum over more trials is
-    lower, so when batch sizes had very different numbers of trials the point is biased (4x more
-    trials at the small batch sizes: B_crit -15%, covered 32% of the time) and neither interval
-    accounts for it. The fastest of n trials sits above the best-tuned value by about 1/n of the
-    trials' spread near it, so ``fit_reason`` says so when 1/n_min - 1/n_max > 0.2 over the
-    batch sizes fitted (2 vs 4 trials, 3 vs 8; never with 5 or more everywhere). One
-    ``numpy.random.default_rng(seed)`` draws the batch sizes in increasing order; identical
-    resampled frontiers are fitted once (about 1 ms a fit; 1000 resamples of 7 batch sizes take
-    under a second). ``scipy.stats.bootstrap`` would resample the batch sizes independently too,
-    but it refuses a batch size with one trial and would refit every resample; the resampling
-    here is one vectorised draw per batch size.
+    - "residuals" (default; ``interval`` "residual bootstrap-t"): ``n_boot`` resamples of the
+      frontier's residuals about the fitted curve, refitted, and the ``ci`` bootstrap-t
+      interval (``residual_bootstrap`` says why not the trials); it covers at its level on
+      planted studies (tests/test_coverage.py). A point fit off its range: "trials" instead.
+    - "trials" ("trial bootstrap", ``refit_bootstrap``): the trials with status in
+      ``statuses`` resampled within each batch size (one never reaching the target counts as
+      infinitely slow), minima retaken, refitted; the ``ci`` percentile interval (planted
+      independent trials: 0.92 for a nominal 0.95).
+
+    Either way a refit running to the top (bottom) of its range, when such refits exceed
+    (1 - ci) / 2, makes the upper (lower) end unbounded (the reason says so). Under 3 points:
+    ``critical_batch_size``'s result (NaN interval, ``bootstrap`` None). Very different
+    numbers of trials per batch size bias the point beyond either interval: ``_uneven_note``.
     """
     check_positive(n_boot, "n_boot")
+    if resample not in RESAMPLES:
+        raise ValueError(f"critical_batch_size_bootstrap: resample must be one of "
+                         f"{list(RESAMPLES)}, got {resample!r}")
     if frontier is None:
         frontier = steps_to_target_frontier(trials, direction, metric, by=batch_col, ci=ci,
                                             statuses=statuses, objective=objective)
@@ -344,6 +342,12 @@ def critical_batch_size_bootstrap(
         return cbs  # no fit to redo: fit_reason says why; the interval stays NaN
     counts = frontier.loc[frontier[metric.removesuffix("_to_target")] > 0, "n_trials"]
     cbs = replace(cbs, fit_reason=_uneven_note(cbs.fit_reason, counts))
+    if resample == "residuals" and math.isfinite(cbs.b_crit_fit):
+        kept = cbs.points[cbs.points["examples_ratio"].notna()]
+        boot = residual_refits(kept["batch_size"].to_numpy(float),
+                               kept["steps"].to_numpy(float), int(n_boot), seed, ci)
+        return replace(cbs, b_crit_fit_lower=boot.lower, b_crit_fit_upper=boot.upper,
+                       interval="residual bootstrap-t", bootstrap=boot)
     pool = eligible(trials, statuses, "critical_batch_size_bootstrap")
     groups = trial_groups(pool, metric, [batch_col])
     batch = np.array([key[0] for key in groups], dtype=float)
@@ -352,9 +356,26 @@ def critical_batch_size_bootstrap(
                    interval="trial bootstrap", bootstrap=boot)
 
 
+def residual_refits(batch: np.ndarray, steps: np.ndarray, n_boot: int, seed: int,
+                    ci: float) -> RefitBootstrap:
+    """The studentized residual bootstrap of B_crit fitted to the frontier (``batch``,
+    ``steps``, all > 0; ``residual_bootstrap.studentized``) as a ``RefitBootstrap``."""
+    lo, hi = math.log(batch.min() / _BOUND), math.log(batch.max() * _BOUND)
+    samples, lower, upper = studentized(batch, np.log(steps), n_boot,
+                                        np.random.default_rng(seed), ci, lo, hi)
+    shares = (float(np.mean(samples == np.inf)), float(np.mean(samples == 0)), 0.0)
+    reason = _bootstrap_reason(*shares, lower, upper)
+    return RefitBootstrap(samples, n_boot, seed, n_boot, lower, upper,
+                          *shares, reason and reason.replace("trial bootstrap", "residual "
+                                                             "bootstrap-t", 1))
+
+
 def _uneven_note(reason: str | None, counts: pd.Series) -> str | None:
     """``reason``, with a note when the batch sizes' numbers of trials ``counts`` differ
-    enough (1/n_min - 1/n_max > ``UNEVEN``) to bias the fit."""
+    enough (1/n_min - 1/n_max > ``UNEVEN``) to bias the fit: the fastest of n trials sits
+    above the best-tuned value by about 1/n of the trials' spread near it (4x more trials at
+    the small batch sizes: B_crit -15%, covered 32% of the time). 2 vs 4 trials or 3 vs 8 are
+    flagged; 5 or more everywhere never."""
     if not 1 / counts.min() - 1 / counts.max() > UNEVEN:
         return reason
     note = (f"the batch sizes fitted had {counts.min()} to {counts.max()} trials: a minimum "

@@ -34,6 +34,8 @@ from lbt_study.analysis.adaptive import (
     allocate,
     interval_influence,
     interval_state,
+    look_level,
+    looks_of,
     rounds_table,
     stop_decision,
     trial_counts,
@@ -70,6 +72,16 @@ class _Run:
 
     def cell(self, batch_size: int) -> Cell:
         return ADAPTIVE.cell(self.study, batch_size)
+
+    @property
+    def round_size(self) -> int:
+        return self.rule.round_trials or len(self.study.batch_sizes)
+
+    def level(self, ci: float) -> float:
+        """The interval's level at every look (``StopWhen.adjust``)."""
+        looks = looks_of(self.study.trials * len(self.study.batch_sizes), self.round_size,
+                         self.rule.max_trials)
+        return look_level(ci, looks, self.rule.adjust)
 
 
 def run_adaptive(study: Study, run_dir: Path, direction: str, *, address: str | None = None,
@@ -116,10 +128,12 @@ def _plan_line(run: _Run, rounds: list[dict[str, Any]]) -> str:
         f" and the LR exponent's interval <= {rule.lr_exponent_width:g} wide"
     where = "starting" if len(rounds) == 1 and "decision" not in rounds[0] else \
         f"continuing after {len(rounds)} recorded rounds"
+    level = run.level(AnalysisSettings().ci)
     return (f"adaptive study, {where}: round 0 = {run.study.trials} trials x {n} batch sizes, "
-            f"then {rule.round_trials or n} trials a round, until (hi - lo) / B_crit <= "
-            f"{rule.b_crit_rel_width:g}{lr} with >= {rule.min_trials} trials at every batch "
-            f"size, or {rule.max_trials} trials")
+            f"then {run.round_size} trials a round ({rule.allocation}), until (hi - lo) / "
+            f"B_crit <= {rule.b_crit_rel_width:g} at level {level:.4g} ({rule.adjust}){lr} "
+            f"with >= {rule.min_trials} trials at every batch size, or {rule.max_trials} "
+            "trials")
 
 
 def _planned(rounds: list[dict[str, Any]]) -> dict[int, int]:
@@ -155,14 +169,14 @@ def _decide(run: _Run, rounds: list[dict[str, Any]]) -> None:
     trials, s = _trials(run), AnalysisSettings()
     counts = trial_counts(trials, run.study.batch_sizes)
     state = interval_state(trials, run.direction, lr=run.rule.lr_exponent_width is not None,
-                           n_boot=s.n_boot, seed=s.seed, ci=s.ci, statuses=s.frontier_statuses,
-                           lr_statuses=s.statuses)
+                           n_boot=s.n_boot, seed=s.seed, ci=run.level(s.ci),
+                           statuses=s.frontier_statuses, lr_statuses=s.statuses)
     decision, reason = stop_decision(state, counts, b_crit_rel_width=run.rule.b_crit_rel_width,
                                      max_trials=run.rule.max_trials,
                                      min_trials=run.rule.min_trials,
                                      lr_exponent_width=run.rule.lr_exponent_width)
     current = rounds[-1]
-    current.update({k: state[k] for k in ("b_crit", "lower", "upper", "rel_width",
+    current.update({k: state[k] for k in ("b_crit", "lower", "upper", "level", "rel_width",
                                           "lr_exponent", "lr_width")})
     current.update(trials_total=sum(counts.values()), decision=decision, reason=reason)
     _save(run, rounds)
@@ -173,16 +187,18 @@ def _next_round(run: _Run, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The next round's trials per batch size (``allocate``), within the budget."""
     trials, s = _trials(run), AnalysisSettings()
     counts = trial_counts(trials, run.study.batch_sizes)
-    size = run.rule.round_trials or len(run.study.batch_sizes)
-    size = min(size, run.rule.max_trials - sum(counts.values()))
-    try:
-        frame = interval_influence(trials, run.direction, n_boot=INFLUENCE_BOOT, seed=s.seed,
-                                   ci=s.ci, statuses=s.frontier_statuses)
-        influence = dict(zip(frame["batch_size"], frame["influence"], strict=True))
-    except (ValueError, KeyError):
-        influence = {}  # no trial to judge by: balance and closeness to B_crit decide
+    size = min(run.round_size, run.rule.max_trials - sum(counts.values()))
+    influence: dict[int, float] = {}
+    if run.rule.allocation == "influence":
+        try:
+            frame = interval_influence(trials, run.direction, n_boot=INFLUENCE_BOOT,
+                                       seed=s.seed, ci=s.ci, statuses=s.frontier_statuses)
+            influence = dict(zip(frame["batch_size"], frame["influence"], strict=True))
+        except (ValueError, KeyError):
+            pass  # no trial to judge by: balance and closeness to B_crit decide
     added = allocate(counts, influence, size, min_trials=run.rule.min_trials,
-                     max_ratio=run.rule.max_trials_ratio, b_crit=rounds[-1]["b_crit"])
+                     max_ratio=run.rule.max_trials_ratio, b_crit=rounds[-1]["b_crit"],
+                     rule=run.rule.allocation)
     return {"round": rounds[-1]["round"] + 1, "added": {str(b): n for b, n in added.items()},
             "influence": {str(b): round(float(v), 4) for b, v in influence.items()}}
 
@@ -192,7 +208,8 @@ def _round_line(rec: dict[str, Any]) -> str:
     lr = "" if math.isnan(rec["lr_width"]) else f"; LR exponent width {rec['lr_width']:.3g}"
     return (f"adaptive round {rec['round']}: {rec['trials_total']} trials "
             f"(+{sum(added.values())}: {added_text(added)}); B_crit {rec['b_crit']:.4g} "
-            f"[{rec['lower']:.4g}, {rec['upper']:.4g}], relative width "
+            f"[{rec['lower']:.4g}, {rec['upper']:.4g}] ({rec.get('level', math.nan):.4g}), "
+            "relative width "
             f"{rec['rel_width']:.3g}{lr} -> {rec['decision']}: {rec['reason']}")
 
 

@@ -28,19 +28,37 @@ def _summary(a: Analyses) -> AdaptiveSummary:
     return a.results.adaptive.value
 
 
+ALLOCATION_WORDS = {
+    "balanced": "to the least-tried batch sizes (ties: nearest the B_crit estimate), so every "
+                "frontier point stays a minimum over as many trials",
+    "nearest": "to the batch sizes nearest the B_crit estimate first",
+    "influence": "where holding a batch size's frontier point exact shrinks the trial "
+                 "bootstrap interval of B_crit most (influence x n0 / (n (n + 1)) for n "
+                 "trials)",
+}
+
+
 def _intro(a: Analyses) -> str:
     v = _summary(a)
     rule = v.stop_when
     lr = rule.get("lr_exponent_width")
     lr_words = "" if lr is None else f" and the LR exponent's interval at most {lr:g} wide"
+    allocation = rule.get("allocation", "influence")  # studies from before it was a setting
+    adjust = rule.get("adjust", "none")
+    levels = v.rounds["level"].dropna()
+    level = (f"at level {levels.iloc[-1]:.4g} at every look ({adjust}: "
+             + ("1 - (1 - ci) / the most looks the budget allows, so the interval it stops "
+                "with covers B_crit at the study's level whichever look stops it)"
+                if adjust == "bonferroni" else "no adjustment for looking after every round: "
+                "stopping the first time an interval is narrow picks intervals that miss)")
+             if len(levels) else f"({adjust})")
     return (f"Adaptive rounds: round 0 gave every batch size the study's trials; each later "
-            f"round added {rule.get('round_trials') or 'one per batch size'} trials where "
-            "holding a batch size's frontier point exact shrinks the bootstrap interval of "
-            "B_crit most (influence x n0 / (n (n + 1)) for n trials, at most "
+            f"round added {rule.get('round_trials') or 'one per batch size'} trials "
+            f"{ALLOCATION_WORDS.get(allocation, allocation)}, at most "
             f"{rule.get('max_trials_ratio'):g} times the trials of the least-tried batch "
-            f"size), until (hi - lo) / B_crit <= {rule.get('b_crit_rel_width'):g}{lr_words} "
-            f"with every batch size at {rule.get('min_trials')} trials or more, or "
-            f"{rule.get('max_trials')} trials were spent. Result: {v.stopped}.")
+            f"size, until (hi - lo) / B_crit <= {rule.get('b_crit_rel_width'):g} {level}"
+            f"{lr_words} with every batch size at {rule.get('min_trials')} trials or more, "
+            f"or {rule.get('max_trials')} trials were spent. Result: {v.stopped}.")
 
 
 def _width_figure(rounds: pd.DataFrame, target: float) -> bytes:
@@ -91,10 +109,11 @@ def _per_batch(a: Analyses) -> bool:
 SECTION = SectionSpec(
     "Adaptive study: rounds and compute", ("adaptive",), _intro,
     (TablePart(lambda a: _summary(a).rounds, ROUND_COLUMNS,
-               "One row per round: the trials it added (per batch size) and the influences "
-               "(doublings of interval width) the allocation went by, the trials spent "
-               "after it, B_crit with its interval and relative width (and the LR exponent's "
-               "interval width when the rule asks), and the decision taken then.",
+               "One row per round: the trials it added (per batch size) and, with the "
+               "influence allocation, the influences (doublings of interval width) it went "
+               "by, the trials spent after it, B_crit with its interval, the interval's "
+               "level and relative width (and the LR exponent's interval width when the rule "
+               "asks), and the decision taken then.",
                csv="adaptive_rounds"),
      FigurePart("adaptive_width",
                 lambda a: _width_figure(_summary(a).rounds,

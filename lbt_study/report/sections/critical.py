@@ -34,10 +34,16 @@ def critical_how(cbs: CriticalBatchSize, s: AnalysisSettings, gns_words: str) ->
     """How each row of ``CriticalBatchSize.estimates`` was found, in words."""
     fit = "S(B) = S_min (1 + B_crit/B) fitted to the steps frontier"
     boot = cbs.bootstrap
-    interval = (f"{cbs.ci:.0%} percentile interval of the fit redone on {boot.n_boot} "
-                f"trial-level bootstrap resamples (trials resampled within each batch size, "
-                f"seed {boot.seed})" if boot is not None else
-                f"{cbs.ci:.0%} interval from the fit's covariance")
+    if boot is None:
+        interval = f"{cbs.ci:.0%} interval from the fit's covariance"
+    elif cbs.interval == "residual bootstrap-t":
+        interval = (f"{cbs.ci:.0%} studentized interval of the fit redone on {boot.n_boot} "
+                    f"residual bootstrap resamples (the frontier's residuals about the curve "
+                    f"resampled, seed {boot.seed})")
+    else:
+        interval = (f"{cbs.ci:.0%} percentile interval of the fit redone on {boot.n_boot} "
+                    f"trial-level bootstrap resamples (trials resampled within each batch "
+                    f"size, seed {boot.seed})")
     e = s.zhang_excess
     b0 = f"B0 = {cbs.b0:g}; " if math.isfinite(cbs.b0) else ""
     return {"mccandlish_fit": f"{fit}; {interval}",
@@ -77,6 +83,16 @@ def _interval_words(a: Analyses) -> str:
     if boot is None:
         return (f"The fit's {cbs.ci:.0%} interval comes from its covariance (the scatter of "
                 "the frontier points about the curve).")
+    if cbs.interval == "residual bootstrap-t":
+        return (f"The fit's {cbs.ci:.0%} interval: a studentized residual bootstrap "
+                f"({boot.n_boot} resamples, seed {boot.seed}): the frontier points' residuals "
+                "about the fitted curve resampled onto it, the curve refitted, and the "
+                "bootstrap-t quantiles of (refit - fit) / its standard error taken (a refit "
+                "running off the batch sizes measured counts as unbounded). It reads the "
+                "frontier's scatter about the curve, not the trials behind each point: the "
+                "fastest of n trials is kept by two thirds of trial resamples, which made the "
+                f"old trial bootstrap too narrow. The covariance row is the same fit's "
+                f"textbook interval, {COVARIANCE}.")
     return (f"The fit's {cbs.ci:.0%} interval: the trials of each batch size were resampled "
             f"with replacement {boot.n_boot} times (seed {boot.seed}), the fastest per batch "
             "size retaken and the curve refitted each time; it is the middle "
@@ -194,7 +210,7 @@ CROSSING_CAPTION = ("The McCandlish B_crit at the study's target under each cros
 
 
 NORM_CAPTION = ("The McCandlish B_crit of each normalization on its own: its trials' frontier "
-                "(the fastest per batch size), the fit and its trial-bootstrap interval, as "
+                "(the fastest per batch size), the fit and its bootstrap interval, as "
                 "above; censored: batch sizes none of whose trials reached the target within "
                 "the budget, left out of that norm's fit.")
 

@@ -5,7 +5,7 @@ every batch size; the rounds, their stop rule and where each round's trials go a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,12 +20,12 @@ if TYPE_CHECKING:
 class StopWhen(BaseModel):
     """An adaptive per-batch-size study (``Study(stop_when=...)``): after round 0
     (``Study.trials`` trials at every batch size) it adds ``round_trials`` trials per round,
-    where they narrow B_crit's interval most (lbt_study.analysis.adaptive), until the
-    interval's (hi - lo) / estimate <= ``b_crit_rel_width`` (and the LR exponent's interval
-    width <= ``lr_exponent_width``, if given) with every batch size at ``min_trials`` or more,
-    or ``max_trials`` trials are spent. No batch size gets more than ``max_trials_ratio``
-    times the trials of the least-tried one (a minimum over more trials is lower: uneven
-    counts bias B_crit)."""
+    by ``allocation`` (lbt_study.analysis.adaptive), until the interval's (hi - lo) /
+    estimate, at the level ``adjust`` sets, <= ``b_crit_rel_width`` (and the LR exponent's
+    interval width <= ``lr_exponent_width``, if given) with every batch size at
+    ``min_trials`` or more, or ``max_trials`` trials are spent. No batch size gets more than
+    ``max_trials_ratio`` times the trials of the least-tried one (a minimum over more trials
+    is lower: uneven counts bias B_crit)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -36,6 +36,16 @@ class StopWhen(BaseModel):
     """Trials added per round (default: one per batch size)."""
     min_trials: int = Field(default=3, ge=2)
     max_trials_ratio: float = Field(default=2.0, ge=1.0)
+    adjust: Literal["bonferroni", "none"] = "bonferroni"
+    """The interval's level at each look: "bonferroni", 1 - (1 - ci) / looks with looks = 1 +
+    ceil((max_trials - round 0's trials) / round_trials), so the interval it stops with
+    covers at >= ci whichever look stops it; "none": ci at every look (stopping the first
+    time a 95% interval is narrow picks intervals that miss: planted coverage 0.75-0.82)."""
+    allocation: Literal["balanced", "nearest", "influence"] = "balanced"
+    """Where a round's trials go (lbt_study.analysis.adaptive): "balanced", to the
+    least-tried batch sizes, ties nearest the B_crit estimate; "nearest", nearest the
+    estimate first; "influence", where holding the frontier point exact shrinks the
+    trial-bootstrap interval most. All within min_trials and max_trials_ratio."""
 
 
 class Adaptive(PerBatchSize):
