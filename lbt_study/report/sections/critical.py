@@ -146,9 +146,9 @@ def _gns_caption(a: Analyses) -> str:
 BY_TARGET_CAPTION = (
     "The McCandlish B_crit at each of the study's targets: the history measured again at each "
     "threshold (the crossing interpolated), the frontier retaken and the curve refitted, with "
-    "the trial-bootstrap interval of the table above. b_crit_ratio: B_crit over the easiest "
-    "target's, with its paired interval (ratio_lower, ratio_upper: in each resample the same "
-    "trials are measured at every target).")
+    "the interval method of the table above. b_crit_ratio: B_crit over the easiest "
+    "target's, with its paired interval (ratio_lower, ratio_upper: a trial bootstrap in which "
+    "each resample measures the same trials at every target).")
 
 
 def _target_words(a: Analyses) -> list[Item]:
