@@ -61,14 +61,15 @@ def test_a_planted_growth_with_the_target_is_found_and_its_interval_excludes_one
 
 def test_pairing_narrows_the_ratio_when_both_targets_share_the_trials_noise():
     """Proportional crossings (the same B_crit and the same trial factors at both targets):
-    each B_crit's own interval is 20% wide or more, the paired ratio's is 1 within 2% (the
+    each B_crit's own interval is 10% wide or more (18-19% by the residual bootstrap-t here),
+    the paired ratio's is 1 within 2% (the
     crossings' interpolation between evaluations is all that differs)."""
     trials, history = planted({0.8: 200.0, 0.9: 200.0}, seed=3, shared=True)
     table = critical_by_target(trials, history, [0.8, 0.9], "maximize", n_boot=300)
     row = table.iloc[1]
     assert (row["ratio_lower"], row["ratio_upper"]) == pytest.approx((1, 1), abs=0.02)
     own = table["upper"] / table["lower"]
-    assert (own > 1.2).all()
+    assert (own > 1.1).all()
     assert row["ratio_upper"] / row["ratio_lower"] < 1.02
 
 

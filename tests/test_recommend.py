@@ -143,3 +143,10 @@ def test_cli_recommend_prints_the_goal_and_refuses_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["recommend", str(run), "--price-per-hour", "nan"])
     assert exc.value.code == 2
+
+
+def test_a_table_without_workers_counts_one_worker():
+    r = recommend(planted().assign(workers=None), "maximize", price_per_hour=3600.0)
+    cost = by_goal(r.table)["cost"]
+    assert cost["measured_cost"] == pytest.approx(cost["measured_seconds"])
+    assert cost["predicted_cost"] == pytest.approx(cost["predicted_seconds"])

@@ -65,8 +65,18 @@ def with_cost(trials: pd.DataFrame, price_per_hour: float | None) -> pd.DataFram
     if price_per_hour is not None and not (math.isfinite(price_per_hour) and price_per_hour > 0):
         raise ValueError(f"price_per_hour must be a positive number; got {price_per_hour!r}")
     price = math.nan if price_per_hour is None else price_per_hour
-    workers = trials["workers"] if "workers" in trials.columns else 1
+    workers = (pd.to_numeric(trials["workers"], errors="coerce").fillna(1)
+               if "workers" in trials.columns else 1)
     return trials.assign(cost_to_target=trials["seconds_to_target"] * workers * price / 3600)
+
+
+def _workers(value: object) -> float:
+    """A trial's workers; 1 where the table does not say (one worker is the default)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1.0
+    return number if math.isfinite(number) else 1.0
 
 
 def recommend(trials: pd.DataFrame, direction: str, *, price_per_hour: float | None = None,
@@ -118,7 +128,8 @@ def _row(goal: str, pool: pd.DataFrame, direction: str, ci: float,
     notes, evidence = _validity(ordered, name, frontier["batch_size"], fit)
     measured = {f"measured_{m}": float(trial.get(f"{m}_to_target", math.nan)) for m in MEASURED}
     return {"goal": goal, "batch_size": float(best["batch_size"]),
-            **{k: trial.get(k) for k in SETTINGS}, "trial_id": best["trial_id"],
+            **{k: trial.get(k) for k in SETTINGS}, "workers": _workers(trial.get("workers")),
+            "trial_id": best["trial_id"],
             "evidence": evidence, **measured, **_predicted(trial, fit, price),
             "validity": "; ".join(notes) or "within the batch sizes measured"}
 
@@ -152,7 +163,7 @@ def _predicted(trial: pd.Series, fit, price: float | None) -> dict:
     steps = fit.s_min * (1 + fit.b_crit_fit / b)
     per_step = trial["seconds_to_target"] / trial["steps_to_target"]
     seconds = steps * per_step
-    workers = float(trial.get("workers", 1))
+    workers = _workers(trial.get("workers"))
     cost = seconds * workers * price / 3600 if price is not None else math.nan
     return {"predicted_steps": steps, "predicted_examples": steps * b,
             "predicted_seconds": seconds, "predicted_cost": cost}
