@@ -80,6 +80,14 @@ MEASUREMENTS: tuple[Declared, ...] = (
     Declared("swa", f"{_HERE}.swa:WeightAverage", final={
         "swa": "whether the final evaluation is of SWA-averaged weights",
     }),
+    Declared("energy", f"{_HERE}.energy:Energy", final={
+        "energy_joules": "joules of the training steps (evaluation excluded) from the "
+                         "hardware counter: NVML per GPU summed over workers, or RAPL per CPU "
+                         "package (one worker per host); NaN where not measured",
+        "energy_joules_per_example": "energy_joules / examples trained",
+    }, about={
+        "energy_source": "nvml, rapl, or 'not measured: ' and why (no counter readable)",
+    }),
     Declared("grad_norm_ratio", f"{_HERE}.grad_norm_ratio:GradNormRatio", evaluation={
         "grad_norm_ratio": "max over DDP workers of the local gradient norm / min, at the step "
                            "before this evaluation (NaN: one worker, step 0)",
