@@ -117,7 +117,7 @@ def test_trials_flag_a_protocol_ignores(capsys, write_spec, tmp_path):
                   "asha, batch_sizes, branched, budgets"]),
     ("stop_when=StopWhen(b_crit_rel_width=0.5, max_trials=6, max_trial=6)",
      ["invalid StopWhen: max_trial: unknown key (did you mean 'max_trials'?); allowed: "
-      "b_crit_rel_width, lr_exponent_width, max_trials"]),
+      "adjust, allocation, b_crit_rel_width, lr_exponent_width, max_trials"]),
 ])
 def test_unknown_keys_suggest_from_their_own_model(capsys, write_spec, tmp_path, key,
                                                    fragments):
