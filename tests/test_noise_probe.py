@@ -227,9 +227,9 @@ def test_every_evaluation_row_has_the_probe_and_the_trials_table_its_summaries()
 
 
 def test_the_probe_measures_once_per_doubling_and_at_the_crossing():
-    """The default schedule: step 0, the first evaluation past each doubling of the examples
-    seen, the last, and every evaluation from the first at the target until two in a row
-    are; the same values there as when it measures at every evaluation."""
+    """The default schedule: not step 0; the first evaluation past each 8-fold of the
+    examples seen, the last, and every evaluation from the first at the target until two in
+    a row are; the same values there as when it measures at every evaluation."""
     cfg = {"workload": "digits", "model": "mlp", "norm": "none", "batch_size": 16, "lr": 0.1,
            "epochs": 2, "measure_flops": False, "gns_probe_examples": 256, "target": 0.9}
     every, sparse = [], []
@@ -241,7 +241,8 @@ def test_the_probe_measures_once_per_doubling_and_at_the_crossing():
     hits = [r["step"] for r in sparse if r["val_accuracy"] >= 0.9]
     doublings = [s for s in measured if s and s not in hits[:2]]
     seen = [examples[s] for s in doublings]
-    assert measured[0] == 0 and measured[-1] == sparse[-1]["step"]
+    assert 0 not in measured and measured[-1] == sparse[-1]["step"]
+    assert not math.isnan(every[0]["gns_probe"]) and every[0]["step"] == 0
     assert hits[0] in measured and hits[1] in measured  # the crossing under both rules
     assert all(b >= 1.99 * a for a, b in zip(seen, seen[1:-1], strict=False))  # ~1 a doubling
     assert len(measured) < len(sparse) / 2
@@ -302,7 +303,7 @@ def two_worker_probes(tmp_path_factory):
     """2-worker runs (gloo): the digits CNN under SyncBN, and the MLP without norms."""
     base = {"workload": "digits", "batch_size": 32, "workers": 2, "lr": 0.05,
             "dtype": "float64", "epochs": 0.12, "seed": 3, "eval_every_examples": 10**9,
-            "measure_flops": False}
+            "measure_flops": False, "gns_probe_schedule": "evaluation"}  # step 0 measured
     configs = [{**base, "model": "cnn", "norm": "sync_batch"},
                {**base, "model": "mlp", "norm": "none"}]
     per_rank = _ddp.spawn(_noise_probe_ddp.probe_runs, tmp_path_factory.mktemp("probe"),

@@ -75,7 +75,8 @@ def _median_gns_at_target(steps: Outcome[pd.DataFrame] | None,
 GNS_MEASURES = {"at_crossing": "gns_at_target", "mean_to_crossing": "gns_mean_to_target"}
 """The two readings of the probe set beside B_crit, and the trials table's column of each:
 the probe at the evaluation where the trial crosses the target, and its mean over every
-evaluation up to and including that one (step 0 among them)."""
+probed evaluation up to and including that one (step 0 among them only under
+``gns_probe_schedule="evaluation"``)."""
 GNS_RATIO_COLUMNS = ("measure", "column", "n_trials", "gns", "gns_lower", "gns_upper",
                      "b_crit", "ratio", "ratio_lower", "ratio_upper", "ratio_min",
                      "ratio_max", "reason")

@@ -170,11 +170,11 @@ class TrainSettings(BaseModel):
     (lbt_study.train.measurements.probe.GradientNoiseProbe); 0: off. Its seconds are
     ``gns_probe_seconds`` (part of eval_seconds)."""
     gns_probe_schedule: Literal["sparse", "evaluation"] = "sparse"
-    """When the probe measures. sparse: at step 0, once per 8-fold of the examples seen (the
-    first evaluation at or past each), at the last evaluation, and at every evaluation from
-    the first that reaches the target until two in a row have (the crossing under either
-    ``target_crossing`` rule is always measured): about 5 probes a trial instead of ~20;
-    evaluation: at every evaluation."""
+    """When the probe measures. sparse: once per 8-fold of the examples seen after the first
+    step (the first evaluation at or past each; not step 0), at the last evaluation, and at
+    every evaluation from the first that reaches the target until two in a row have (the
+    crossing under either ``target_crossing`` rule is always measured): about 3 probes a
+    trial of the main job instead of ~15; evaluation: at every evaluation, step 0 included."""
     sharpness_examples: int = Field(default=0, ge=0)
     """Top Hessian eigenvalue at the end of training on this many training examples (0: off)."""
     sharpness_iters: int = Field(default=100, gt=0)

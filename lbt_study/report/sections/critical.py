@@ -111,7 +111,7 @@ def _notes(a: Analyses) -> list[Item]:
     shown = ratios[ratios["ratio_lower"].notna()] if len(ratios) else ratios
     if len(shown):
         words = {"at_crossing": "at the crossing", "mean_to_crossing":
-                 "averaged over the evaluations up to the crossing (step 0 included)"}
+                 "averaged over the probed evaluations up to the crossing"}
         parts = [f"{words[r.measure]} {r.ratio:.3g} [{r.ratio_lower:.3g}, {r.ratio_upper:.3g}]"
                  f" (single trials {r.ratio_min:.3g} to {r.ratio_max:.3g}), "
                  f"{'holds' if r.ratio_lower <= 1 <= r.ratio_upper else 'excludes'} 1"
@@ -218,9 +218,10 @@ NORM_CAPTION = ("The McCandlish B_crit of each normalization on its own: its tri
 GNS_RATIO_CAPTION = (
     "B_simple of the frontier's trials (the fastest per batch size) beside the fitted B_crit: "
     "at_crossing reads the probe at the evaluation where each trial crosses the target "
-    "(gns_at_target), mean_to_crossing its mean over the evaluations up to it, step 0 "
-    "included (gns_mean_to_target). gns: the median over those trials, its interval from "
-    "resampling them; ratio = gns / b_crit, its interval from each resampled median over one "
+    "(gns_at_target), mean_to_crossing its mean over the evaluations the probe measured up "
+    "to it (gns_mean_to_target; step 0 only under gns_probe_schedule 'evaluation'). gns: the "
+    "median over those trials, its interval from resampling them; ratio = gns / b_crit, its "
+    "interval from each resampled median over one "
     "of B_crit's bootstrap refits (independent resamples); ratio_min, ratio_max: the single "
     "trials'.")
 

@@ -290,8 +290,10 @@ of the first step's examples after the first (x8: 128, 1024 ... examples at B = 
 
 
 class ProbeSchedule:
-    """The probe's own schedule (``gns_probe_schedule="sparse"``): step 0, the first
-    evaluation at or past each ``PROBE_SPACING``-fold of the examples seen, the last planned
+    """The probe's own schedule (``gns_probe_schedule="sparse"``): the first evaluation at or
+    past each ``PROBE_SPACING``-fold of the examples seen after the first step (not step 0:
+    the noise scale at initialisation says little about B_crit, and a quarter of the probes
+    of the main job were those; ``gns_probe_schedule="evaluation"`` measures it), the last planned
     evaluation, and every evaluation from the first that reaches the target until
     ``CONFIRM`` in a row have (so the crossing is measured whichever ``target_crossing``
     rule the study reads; a touch that falls back starts the count again). ``run`` and
@@ -311,7 +313,7 @@ class ProbeSchedule:
         spaced = geometric_eval_steps(list(parts.schedule.examples_after), per) - {0, 1}
         marks = {next((e for e in evals if e >= m), evals[-1]) for m in spaced}
         w = parts.workload
-        return cls(marks | {evals[0], evals[-1]}, f"val_{w.objective}", parts.cfg.target,
+        return cls(marks | {evals[-1]}, f"val_{w.objective}", parts.cfg.target,
                    w.objective_direction == "maximize")
 
     def due(self, step: int, row: Row | None = None) -> bool:
