@@ -85,16 +85,21 @@ def critical_estimates(steps: Outcome[pd.DataFrame], gns: Outcome[pd.DataFrame],
                                      gns_words if median is not None else None, ratio))
 
 
+def _remeasure_reason(trials: pd.DataFrame, history: pd.DataFrame,
+                      study: StudyInfo) -> str | None:
+    """Why the history cannot be measured again at another target or crossing rule."""
+    reason = guard(trials, study, ("batch_size", "trial_id", "final_objective"), True)
+    return reason or missing_columns(history, ("trial_id", "step", "examples_seen",
+                                               "objective"), "history")
+
+
 def critical_vs_target(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                        settings: AnalysisSettings) -> Outcome[pd.DataFrame]:
     """``critical_by_target`` over the study's targets, from the history; an empty table
     when the study has one target (the critical table is then the whole answer)."""
     if len(study.targets) < 2:
         return Outcome(pd.DataFrame())
-    reason = guard(trials, study, ("batch_size", "trial_id", "final_objective"), True)
-    if reason is None:
-        reason = missing_columns(history, ("trial_id", "step", "examples_seen", "objective"),
-                                 "history")
+    reason = _remeasure_reason(trials, history, study)
     if reason:
         return Outcome(reason=reason)
     return attempt("the critical batch size by target", critical_by_target, trials, history,
@@ -106,10 +111,7 @@ def critical_vs_target(trials: pd.DataFrame, history: pd.DataFrame, study: Study
 def critical_vs_crossing(trials: pd.DataFrame, history: pd.DataFrame, study: StudyInfo,
                          settings: AnalysisSettings) -> Outcome[pd.DataFrame]:
     """``critical_by_crossing`` at the study's target: B_crit under each crossing rule."""
-    reason = guard(trials, study, ("batch_size", "trial_id", "final_objective"), True)
-    if reason is None:
-        reason = missing_columns(history, ("trial_id", "step", "examples_seen", "objective"),
-                                 "history")
+    reason = _remeasure_reason(trials, history, study)
     if reason:
         return Outcome(reason=reason)
     return attempt("the critical batch size by crossing rule", critical_by_crossing, trials,
