@@ -13,8 +13,8 @@ import pandas as pd
 from lbt_study.analysis._checks import CannotCompute, require
 from lbt_study.analysis.best import best_per_batch_size
 from lbt_study.analysis.frontier import steps_to_target_frontier
+from lbt_study.train.names import ADAM_FAMILY
 
-ADAM_FAMILY = ("adamw", "lamb")
 ADAM_COLUMNS = ("beta2_rule", "batch_size", "trial_id", "steps", "steps_upper", "n_trials",
                 "n_reached", "adam_beta2", "adamw_tau_epochs", "final_objective")
 

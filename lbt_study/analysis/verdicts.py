@@ -18,15 +18,18 @@ import numpy as np
 import pandas as pd
 
 from lbt_study.analysis.lr import RULES, LRScaling
+from lbt_study.train.names import ADAM_FAMILY
 
 VERDICT_COLUMNS = ("claim", "source", "measured", "value", "lower", "upper", "verdict", "why")
 HELD, NOT_HELD, UNSURE, UNTESTED = ("held", "did not hold", "not enough evidence",
                                     "not tested")
-ADAM = ("adam", "adamw", "lamb")
 RULE_ROWS = (("linear_rule_in_ci", "the optimal learning rate grows linearly with B (SGD)",
-              "Goyal et al. 2017"),
+              "Goyal et al. 2017", False),
              ("sqrt_rule_in_ci", "the optimal learning rate grows as sqrt(B) (SGD)",
-              "Hoffer et al. 2017"))
+              "Hoffer et al. 2017", False),
+             ("sqrt_rule_in_ci", "the optimal learning rate grows as sqrt(B) (Adam)",
+              "Malladi et al. 2022", True))
+"""(rule, claim, source, whether it is a claim about Adam-family optimizers)."""
 ALL_RULES = ("constant_in_ci", "linear_rule_in_ci", "sqrt_rule_in_ci")
 
 
@@ -62,12 +65,11 @@ def sign_verdict(lower: float, upper: float, positive: bool) -> str:
 
 def lr_rows(lr: LRScaling | None, lr_reason: str | None, optimizer: str | None) -> list[dict]:
     """The learning-rate rules (SGD: linear, square root; Adam: square root) and warmup."""
-    fits = None if lr is None else lr.fits[lr.fits.get("parameter").notna()]
-    adam = optimizer in ADAM
+    fits = None if lr is None else lr.fits
+    adam = optimizer in ADAM_FAMILY
     rows = []
-    for rule, claim, source in (*RULE_ROWS, ("sqrt_rule_in_ci", "the optimal learning rate "
-                                "grows as sqrt(B) (Adam)", "Malladi et al. 2022")):
-        if ("Adam" in claim) != adam:
+    for rule, claim, source, about_adam in RULE_ROWS:
+        if about_adam != adam:
             other = "SGD" if adam else "Adam or AdamW"
             rows.append(_row(claim, source, "the exponent k of lr_opt ~ B^k", why=(
                 f"the study used {optimizer}; a study with {other} would test it")))

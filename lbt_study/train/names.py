@@ -11,6 +11,8 @@ from collections.abc import Mapping
 NORMS = ("batch", "ghost_batch", "sync_batch", "layer", "group", "instance", "none", "hybrid")
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
 SCHEDULES = ("cosine", "constant")
+ADAM_FAMILY = ("adamw", "lamb")
+"""The optimizers with Adam's moment estimates (``beta1``, ``beta2``)."""
 
 
 def registered(kind: str, registry: Mapping[str, object], names: tuple[str, ...]) -> None:

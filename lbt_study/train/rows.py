@@ -22,12 +22,10 @@ from lbt_study.train.batching import adam_beta2, adamw_tau_epochs
 from lbt_study.train.device import PLAIN, GpuSettings, gather
 from lbt_study.train.measure import peak_memory_bytes
 from lbt_study.train.measurements.contract import Row
+from lbt_study.train.names import ADAM_FAMILY
 from lbt_study.train.setup import Parts, world
 from lbt_study.train.state import TrainState
 from lbt_study.train.workload import Workload
-
-ADAM_FAMILY = ("adamw", "lamb")
-"""The optimizers with Adam's moment estimates (beta1, beta2)."""
 
 Reporter = Callable[[Row], None]
 Checkpointer = Callable[[Row, dict], None]
