@@ -251,8 +251,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     if args.goal == "cost" and args.price_per_hour is None:
         raise UserError("--goal cost needs --price-per-hour X (the price of one device hour)")
-    if not Path(args.run_dir).is_dir():
-        raise UserError(f"run directory not found: {args.run_dir}")
     print(recommendation_text(Path(args.run_dir), args.goal, args.workers,
                               args.price_per_hour))
     return 0

@@ -140,6 +140,8 @@ def test_cli_recommend_prints_the_goal_and_refuses_bad_input(tmp_path, capsys):
     assert "--goal cost needs --price-per-hour" in capsys.readouterr().err
     assert main(["recommend", str(run), "--workers", "3"]) == 2
     assert "no trial ran with 3 workers; the study has [1]" in capsys.readouterr().err
+    assert main(["recommend", str(tmp_path / "none")]) == 2
+    assert f"run directory not found: {tmp_path / 'none'}" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["recommend", str(run), "--price-per-hour", "nan"])
     assert exc.value.code == 2

@@ -95,9 +95,10 @@ def recommend(trials: pd.DataFrame, direction: str, *, price_per_hour: float | N
             raise CannotCompute(f"no trial ran with {workers} workers; the study has {have}")
     if not pool["reached_target"].fillna(False).astype(bool).any():
         raise CannotCompute("no trial reached the target")
-    steps = _frontier(pool, direction, "steps", ci, statuses)
+    frontiers = {goal: _frontier(pool, direction, goal, ci, statuses) for goal in GOALS}
+    steps = frontiers["steps"]
     fit = critical_batch_size(steps.dropna(subset=["steps"]))
-    rows = [_row(goal, pool, direction, ci, statuses, fit, price_per_hour) for goal in GOALS]
+    rows = [_row(goal, frontiers[goal], pool, fit, price_per_hour) for goal in GOALS]
     table = pd.DataFrame(rows, columns=list(RECOMMEND_COLUMNS))
     return Recommendation(table=table, loo=leave_one_out(steps), b_crit=fit.b_crit_fit,
                           fit_reason=fit.fit_reason, workers=workers,
@@ -112,11 +113,12 @@ def _frontier(pool: pd.DataFrame, direction: str, goal: str, ci: float,
     return frontier[~frontier["censored"].eq(True)] if "censored" in frontier else frontier
 
 
-def _row(goal: str, pool: pd.DataFrame, direction: str, ci: float,
-         statuses: Sequence[str] | None, fit, price: float | None) -> dict:
-    """One goal's recommendation: the measured batch size with the least of its metric."""
+def _row(goal: str, frontier: pd.DataFrame, pool: pd.DataFrame, fit,
+         price: float | None) -> dict:
+    """One goal's recommendation: the batch size of ``frontier`` (the goal's, uncensored)
+    with the least of its metric, and its fastest trial's settings from ``pool``."""
     name = METRIC[goal].removesuffix("_to_target")
-    frontier = _frontier(pool, direction, goal, ci, statuses).dropna(subset=[name])
+    frontier = frontier.dropna(subset=[name])
     if frontier.empty:
         unpriced = goal == "cost" and price is None
         why = "no price per device-hour given" if unpriced else "no trial reached the target"

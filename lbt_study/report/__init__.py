@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lbt_study.analysis.settings import AnalysisSettings
+from lbt_study.analysis.settings import AnalysisSettings, StudyInfo
 from lbt_study.analysis.summary import Analyses, add_targets_from_history, analyze
 from lbt_study.errors import UserError
 from lbt_study.records.rundir import REPORT_DIR, check_writable_dir
@@ -69,9 +69,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
     per figure and one CSV per analysis table, and returns their paths. Raises ``UserError``
     only when ``run_dir`` is not a run directory (neither result tables nor study.json).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
+    run_dir = existing_run_dir(run_dir)
     given = out_dir is not None
     out_dir = Path(out_dir) if given else run_dir / REPORT_DIR
     check_writable_dir(out_dir, "--out" if given else "the report directory", "" if given else
@@ -82,13 +80,26 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
     return _write(out_dir, title, sections, tables)
 
 
-def analyses_of(run_dir: Path, settings: AnalysisSettings | None = None) -> Analyses:
-    """Every analysis of the run directory ``run_dir`` (its tables read, the targets' steps
-    added from the history), with ``settings``."""
+def existing_run_dir(run_dir: Path) -> Path:
+    """``run_dir`` as a Path; ``UserError`` when it is not a directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    return run_dir
+
+
+def tables_of(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, StudyInfo, tuple[str, ...]]:
+    """The run directory's trials (the targets' steps added from the history), history,
+    study.json and the notes on reading them: what ``analyze`` takes."""
     trials, history, notes = read_tables(run_dir)
     study = read_study(run_dir)
     trials, more = add_targets_from_history(trials, history, study)
-    return analyze(trials, history, study, (*notes, *more), settings)
+    return trials, history, study, (*notes, *more)
+
+
+def analyses_of(run_dir: Path, settings: AnalysisSettings | None = None) -> Analyses:
+    """Every analysis of the run directory ``run_dir`` with ``settings``."""
+    return analyze(*tables_of(run_dir), settings)
 
 
 def _write(out_dir: Path, title: str, sections: list[Section],
