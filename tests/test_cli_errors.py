@@ -35,6 +35,21 @@ def assert_one_line(code, err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def cli(*args):
+    """``lbt-study ARGS`` in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "lbt_study.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_line(proc, *fragments):
+    """``assert_one_line`` of a finished ``cli`` process; its line (also printed)."""
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert_one_line(proc.returncode, proc.stderr, *fragments)
+    line = proc.stderr.strip().splitlines()[0]
+    print(line)
+    return line
+
+
 def test_missing_spec_file(capsys, tmp_path):
     code, err = run_cli(capsys, "run", str(tmp_path / "nope.py"))
     assert_one_line(code, err, "spec file not found", "nope.py")

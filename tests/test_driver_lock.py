@@ -13,7 +13,7 @@ import time
 import optuna
 import pandas as pd
 import pytest
-from test_cli_errors import finished_run
+from test_cli_errors import cli, finished_run, one_line
 
 from lbt_study.errors import UserError
 from lbt_study.records.lock import LOCK, acquire, live_holder, read_holder
@@ -31,20 +31,6 @@ study = Study(name="owned", space=space, trials=4, max_concurrent_trials=1,
 
 HOLD = ("import sys, time\nfrom pathlib import Path\nfrom lbt_study.records.lock import acquire\n"
         "lock = acquire(Path(sys.argv[1]), 'run')\nprint('held', flush=True)\ntime.sleep(600)\n")
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "lbt_study.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-
-
-def one_line(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @contextlib.contextmanager

@@ -12,12 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from test_cli_errors import finished_run, snapshot
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "lbt_study.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+from test_cli_errors import cli, finished_run, one_line, snapshot
 
 
 def read_only_cli(run_dir, *args):
@@ -42,16 +37,6 @@ def read_only_cli(run_dir, *args):
         pytest.skip(f"root ignores chmod, and a read-only bind mount could not be made "
                     f"here: {proc.stderr.strip()[:200]}")
     return proc
-
-
-def one_line(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    print(lines[0])
-    return lines[0]
 
 
 @pytest.fixture
